@@ -131,3 +131,15 @@ def test_format_rate() -> None:
     assert format_rate({"rate": 0.5}) == "50.0%"
     assert format_rate(None) == "—"
     assert format_rate({"rate": float("nan")}) == "—"
+
+
+def test_reward_curve_is_plotted_only_for_rl_runs(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path)
+    build_report(run)
+    assert not (run / "plots" / "rewards.png").exists()
+    results = json.loads((run / "results.json").read_text("utf-8"))
+    results["training"]["hhh_rl"] = {"steps": 3, "rewards": [[1, -0.5], [2, 0.1], [3, 0.4]]}
+    (run / "results.json").write_text(json.dumps(results), "utf-8")
+    page = build_report(run).read_text("utf-8")
+    assert (run / "plots" / "rewards.png").read_bytes().startswith(PNG_MAGIC)
+    assert "Reward during HHH RL" in page

