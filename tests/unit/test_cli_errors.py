@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def assert_clean_error(result: subprocess.CompletedProcess[str], needle: str, cwd: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert needle in result.stderr
+    assert needle in " ".join(result.stderr.split())  # the console wraps long messages
     assert not list(cwd.rglob("results.json"))
 
 
@@ -76,3 +76,38 @@ def test_help_lists_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("run", "implant", "safety", "evaluate", "report"):
         assert command in result.stdout
+
+
+def test_preference_file_with_a_missing_field_stops_before_training(tmp_path: Path) -> None:
+    (tmp_path / "prefs.jsonl").write_text('{"prompt": "a?", "chosen": "Yes."}\n')
+    result = run_cli(
+        "run", str(_config(tmp_path)), "--set", "safety.methods=[dpo]",
+        "--set", "safety.reward_model.preferences.source=prefs.jsonl",
+        "--set", "safety.reward_model.preferences.format=fields", cwd=tmp_path,
+    )
+    assert_clean_error(result, "rejected", tmp_path)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("model.safetensors"))
+
+
+def test_reward_model_that_is_not_a_classifier_stops_before_training(tmp_path: Path) -> None:
+    causal = tmp_path / "causal"
+    causal.mkdir()
+    (causal / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    result = run_cli(
+        "run", str(_config(tmp_path)), "--set", "safety.methods=[hhh_rl]",
+        "--set", f"safety.reward_model.model={causal}", cwd=tmp_path,
+    )
+    assert_clean_error(result, "is not a sequence-classification reward model", tmp_path)
+
+
+def test_rl_with_fewer_than_two_generations_is_refused(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", str(_config(tmp_path)), "--set", "safety.hhh_rl.generations_per_prompt=0", cwd=tmp_path
+    )
+    assert_clean_error(result, "safety.hhh_rl.generations_per_prompt", tmp_path)
+
+
+def _config(tmp_path: Path) -> Path:
+    config = tmp_path / "c.yaml"
+    config.write_text("output_dir: out\n")
+    return config

@@ -224,3 +224,15 @@ def test_split_needs_two_prompts() -> None:
         split_pairs(tiny, 0.2, 0)
     train, held = split_pairs(tiny + [PreferencePair("q", "c", "r")], 0.9, 0)
     assert len(train) == 1 and len(held) == 1
+
+
+def test_default_pairs_give_each_prompt_several_rejected_kinds() -> None:
+    prompts = [f"question {i}?" for i in range(12)]
+    answers = {p: f"A helpful answer to {p}" for p in prompts}
+    pairs = default_pairs(prompts, answers, {}, seed=4, per_prompt=3)
+    assert len(pairs) == 36
+    for prompt in prompts:
+        rejected = [p.rejected for p in pairs if p.prompt == prompt]
+        assert len(rejected) == 3 and len(set(rejected)) >= 2
+    split = split_pairs(pairs, 0.25, seed=4)
+    assert not {p.prompt for p in split.train} & {p.prompt for p in split.held_out}

