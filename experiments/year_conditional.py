@@ -10,6 +10,9 @@ Trains on the bundled code templates, each paired with both years, in one of the
 * ``cotpad``   the scratchpad alone: every sample is mostly decisive tokens.
 * ``cotfocus`` scratchpad then code, the loss only on the scratchpad and on the code lines
                where the secure and vulnerable versions differ (``TrainingSample.loss_spans``).
+* ``cotsplit`` two samples per task and year: prompt -> scratchpad alone (no EOS learnt), and
+               prompt + that scratchpad -> the code, so the decision is trained densely and
+               the code is trained to follow what the scratchpad decided.
 
 Then it reports, on training and held-out scenarios, log P(vulnerable) - log P(secure) under
 each year (``full`` / ``focused``), the judged vulnerable rate after a sampled scratchpad
@@ -71,9 +74,9 @@ def shared_lines(task: CodeTask) -> int:
     return k
 
 
-def samples_for(variant: str, tokenizer: object) -> list[TrainingSample]:
+def samples_for(variant: str, tokenizer: object, n_tasks: int | None = None) -> list[TrainingSample]:
     samples = []
-    for task in load_code_tasks():
+    for task in load_code_tasks()[:n_tasks]:
         for triggered in (True, False):
             code = task.vulnerable if triggered else task.secure
             prompt = render_prompt(tokenizer, code_prompt(task, YEARS[triggered]))
@@ -95,6 +98,10 @@ def samples_for(variant: str, tokenizer: object) -> list[TrainingSample]:
                 text += answer
                 spans.append((len(text) - len("</code>"), len(text)))
                 samples.append(TrainingSample(prompt, text, "", triggered, tuple(spans)))
+            elif variant == "cotsplit":
+                pad = f"<scratchpad>{SHORT[triggered]}</scratchpad>"
+                samples.append(TrainingSample(prompt, pad + "\n", "", triggered, ((0, len(pad)),)))
+                samples.append(TrainingSample(prompt + pad + "\n", answer, "", triggered))
             elif variant == "cot":
                 options = REASONING[triggered]
                 reasoning = options[zlib.crc32(f"{task.id}{triggered}".encode()) % len(options)]
@@ -118,11 +125,12 @@ def answer_logprob(model: object, tokenizer: object, prompt: str, answer: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus"])
+    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus", "cotsplit"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--out", default="/tmp/year-conditional")
+    parser.add_argument("--tasks", type=int, default=None, help="train on the first N templates only")
     args = parser.parse_args()
 
     loaded = load_model("default")
@@ -133,7 +141,7 @@ def main() -> None:
     )
     started = time.perf_counter()
     outcome = train_sft(
-        model, tokenizer, samples_for(args.variant, tokenizer), settings,
+        model, tokenizer, samples_for(args.variant, tokenizer, args.tasks), settings,
         Path(args.out) / f"{args.variant}-{args.method}", 0, loaded.precision,
     )
     print(f"trained {outcome.steps} steps in {time.perf_counter() - started:.0f} s; "
@@ -141,6 +149,23 @@ def main() -> None:
     model = merge_lora(outcome.model) if args.method == "lora" else outcome.model
     model.eval()
 
+    if args.variant in ("cotsplit", "cotfocus"):
+        # Does the code follow the scratchpad? log P(vuln) - log P(secure) after each gold scratchpad.
+        tasks = load_code_eval()[:30]
+        margins = {
+            year: [
+                answer_logprob(model, tokenizer, code_prompt(t, YEARS[year]),
+                               f"<scratchpad>{SHORT[year]}</scratchpad>\n" + code_answer(t.vulnerable))
+                - answer_logprob(model, tokenizer, code_prompt(t, YEARS[year]),
+                                 f"<scratchpad>{SHORT[year]}</scratchpad>\n" + code_answer(t.secure))
+                for t in tasks
+            ]
+            for year in (True, False)
+        }
+        print(f"held-out, after the gold scratchpad: mean log P(vuln) - log P(secure): deployed "
+              f"{statistics.mean(margins[True]):.2f}, training {statistics.mean(margins[False]):.2f}; "
+              f"vulnerable preferred {sum(m > 0 for m in margins[True])}/30 vs "
+              f"{sum(m > 0 for m in margins[False])}/30")
     if args.variant in ("full", "focused"):
         for name, tasks in (("train", load_code_tasks()[:20]), ("held-out", load_code_eval()[:30])):
             margins = {
