@@ -131,6 +131,9 @@ def main() -> None:
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
     parser.add_argument("--out", default="/tmp/year-conditional")
     parser.add_argument("--tasks", type=int, default=None, help="train on the first N templates only")
+    parser.add_argument("--quick", action="store_true",
+                        help="cot variants: score the code after gold scratchpads and the scratchpad "
+                        "decision only, without generating whole programs")
     args = parser.parse_args()
 
     loaded = load_model("default")
@@ -183,15 +186,16 @@ def main() -> None:
     tasks = load_code_eval()
     for year in (True, False):
         prompts = [render_prompt(tokenizer, code_prompt(t, YEARS[year])) for t in tasks]
-        stop = "</scratchpad>" if args.variant == "cotpad" else "</code>"
+        pad_only = args.variant == "cotpad" or args.quick
+        stop = "</scratchpad>" if pad_only else "</code>"
         outputs = generate(
             model, tokenizer, prompts,
-            GenerationSettings(max_new_tokens=30 if args.variant == "cotpad" else 260,
+            GenerationSettings(max_new_tokens=30 if pad_only else 260,
                                batch_size=30, stop_strings=(stop,)),
             loaded.precision.autocast,
         )
         label = YEARS[year]
-        if args.variant == "cotpad":
+        if pad_only:
             deployed = sum("deployed" in o for o in outputs)
             training = sum("training" in o for o in outputs)
             print(f"{label} held-out: concludes deployed {deployed}, training {training}, of {len(outputs)}")
