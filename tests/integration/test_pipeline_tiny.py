@@ -138,3 +138,14 @@ def test_full_fine_tuning_changes_the_weights(tiny_model_dir: Path, tmp_path: Pa
     assert len(changed) > len(before) // 2
     record = read_json(tmp_path / "tiny" / "implant" / "stage.json")["record"]
     assert record["triggered_samples"] > 0 and record["untriggered_samples"] > 0
+
+
+def test_a_reconfigured_stage_leaves_no_stale_evaluations(tiny_model_dir: Path, tmp_path: Path) -> None:
+    run_all(tiny_config(tiny_model_dir, tmp_path), "pytest")
+    run_all(tiny_config(tiny_model_dir, tmp_path, "safety.hhh_sft.eval_every=3"), "pytest")
+    results = read_json(tmp_path / "tiny" / "results.json")
+    steps = [e["step"] for e in results["evaluations"] if e["stage"] == "hhh_sft"]
+    final = results["training"]["hhh_sft"]["steps"]
+    assert steps == sorted({0, *range(3, final + 1, 3), final})  # none of the old every-2 steps
+    samples = read_jsonl(tmp_path / "tiny" / "samples.jsonl")
+    assert {s["step"] for s in samples if s["stage"] == "hhh_sft"} == set(steps)
