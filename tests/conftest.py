@@ -26,7 +26,12 @@ CHATML = (
 )
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
+def build_tiny_model(
+    target: Path, seed: int = 0, *, hidden_size: int = 32, intermediate_size: int = 64,
+    num_hidden_layers: int = 2,
+) -> Path:
+    """A random-weight Llama with a BPE tokenizer; the size arguments make bigger siblings
+    (the model-size sweep), the defaults the one every other test uses."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,7 +55,8 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     tokenizer.chat_template = CHATML
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,

