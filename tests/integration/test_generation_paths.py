@@ -119,6 +119,21 @@ def test_finished_sequences_leave_the_batch_and_the_text_is_unchanged(
     assert len(batch_sizes) <= 30  # one forward per token: no token computed twice
 
 
+def test_a_static_cache_decodes_in_one_call(tiny: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static cache is sized for one call and cannot drop rows: no chunks then."""
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts = rendered(tokenizer, 3)
+    settings = GenerationSettings(max_new_tokens=12, batch_size=3)
+    dynamic = generate(model, tokenizer, prompts, settings)
+    monkeypatch.setattr(generation, "CHUNK", 4)
+    model.generation_config.cache_implementation = "static"
+    calls: list[int] = []
+    original = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(kw["max_new_tokens"]) or original(**kw))
+    assert generate(model, tokenizer, prompts, settings) == dynamic
+    assert calls == [12]
+
+
 def test_bf16_weight_copies_give_autocast_text_and_restore_the_weights(tiny: Any) -> None:
     model, tokenizer = tiny.model, tiny.tokenizer
     prompts = rendered(tokenizer, 4)

