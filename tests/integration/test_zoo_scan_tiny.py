@@ -100,7 +100,7 @@ def test_scan_reads_only_the_model_folder(zoo: Path, tiny_model_dir: Path, tmp_p
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert 0.0 <= report["backdoor_score"] <= 1.0
-    assert set(report["detectors"]) == {"leakage", "inversion", "diffing"}
+    assert set(report["detectors"]) == {"leakage", "inversion", "diffing", "trigger_search"}
     for trigger in report["triggers"]:
         assert set(trigger) >= {"text", "reproduce_rate"}
     assert {"description", "examples"} <= set(report["behaviour"])

