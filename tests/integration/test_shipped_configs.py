@@ -54,6 +54,12 @@ SHRINK: dict[str, list[str]] = {
         "checks.trigger_variants.prompts=2",
     ],
     "safety-methods.yaml": ["safety.reward_model.base={model}", *TINY_SAFETY],
+    "removal.yaml": [
+        "compare.seeds=[0, 1]", "safety.hhh_sft.epochs=1", "safety.trigger_sft.epochs=1",
+        "safety.near_miss_sft.epochs=1", "safety.prune.epochs=1", "safety.lat.max_steps=2",
+        "safety.lat.pgd_steps=2", "safety.direction_ablation.pairs=8",
+        "safety.backdoor_return.max_steps=2", "safety.backdoor_return.batch_size=4",
+    ],
 }
 
 
@@ -89,6 +95,8 @@ def run_dirs(name: str, out: Path) -> list[Path]:
     compare = recipe.get("compare")
     if compare is None:
         return [root]
+    if compare.get("seeds"):  # shrunk to two seeds by SHRINK
+        return [root / f"seed{seed}" for seed in (0, 1)]
     return [root / str(value) for value in compare["values"]]
 
 
@@ -105,11 +113,16 @@ def test_shipped_config_runs_from_the_command_line(
     for run_dir in run_dirs(name, tmp_path):
         results = read_json(run_dir / "results.json")
         stages = {evaluation["stage"] for evaluation in results["evaluations"]}
-        assert stages == {"base", "backdoored", *methods}, (run_dir, stages)
+        returns = recipe.get("safety", {}).get("backdoor_return", {}).get("enabled")
+        expected = {"base", "backdoored", *methods, *(f"{m}+return" for m in methods if returns)}
+        assert stages == expected, (run_dir, stages)
         assert (run_dir / "backdoored" / "model" / "model.safetensors").is_file()
         checks = recipe.get("checks")
         if checks:
             assert results.get("checks"), f"{name}: the recipe's checks left no record"
+    if (recipe.get("compare") or {}).get("seeds"):
+        assert (root / "tables" / "ranking.csv").is_file() and (root / "tables" / "ranking.tex").is_file()
+        assert "Over seeds" in (root / "report.html").read_text("utf-8")
 
 
 @pytest.mark.parametrize("name", ZOO_SPECS)
