@@ -8,8 +8,9 @@ PIP := $(PY) -m pip install -q --no-cache-dir
 CONFIG ?= configs/quickstart.yaml
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+GPU_CHECK_ARGS ?=
 
-.PHONY: setup demo test bench browser lint clean
+.PHONY: setup demo test bench gpu-check browser lint clean
 
 setup: $(STAMP)
 
@@ -44,6 +45,12 @@ test: setup browser
 # BENCH_ARGS="--threads 1" on a machine other jobs are using (see benchmarks/run_all.py).
 bench: setup
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+# On a CUDA machine, a few minutes: the bf16 quickstart, QLoRA (with bitsandbytes), vLLM sampling
+# (with vllm) and FSDP (on 2+ GPUs); the table is printed and written to benchmarks/out/gpu_check.json.
+# Without a GPU every row says "skipped: no GPU" and it exits 0.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(PIP) -e ".[dev]"
