@@ -363,7 +363,11 @@ def test_shipped_deepspeed_config_satisfies_the_gather_checks(monkeypatch: pytes
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (a GPU-machine extra)")
     from accelerate.utils import prepare_deepspeed_cmd_env
 
-    _, env = prepare_deepspeed_cmd_env(launch_arguments(REPO / "configs" / "accelerate" / "deepspeed-zero3.yaml"))
+    path = REPO / "configs" / "accelerate" / "deepspeed-zero3.yaml"
+    args = launch_arguments(path)
+    # `accelerate launch` sets this from the config file before preparing the environment.
+    args.deepspeed_fields_from_accelerate_config = ",".join(yaml.safe_load(path.read_text())["deepspeed_config"])
+    _, env = prepare_deepspeed_cmd_env(args)
     for name, value in env.items():
         if name.startswith("ACCELERATE_"):
             monkeypatch.setenv(name, value)
