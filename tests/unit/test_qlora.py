@@ -123,6 +123,7 @@ def test_nf4_settings_are_the_qlora_recipe() -> None:
     assert config.bnb_4bit_quant_type == "nf4"
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_quant_storage == torch.bfloat16  # FSDP shards floating-point tensors only
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
