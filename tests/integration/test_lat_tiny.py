@@ -172,7 +172,7 @@ def test_lat_runs_through_the_pipeline_with_a_persistence_curve(lat_run: Path) -
     assert steps == [0, 2, 4]
     assert (lat_run / "lat" / "final_adapter" / "adapter_config.json").is_file()
     record = results["training"]["lat"]
-    assert record["steps"] == 4 and record["layers"] == [1] and record["epsilon"] == 0.25
+    assert record["steps"] == 4 and record["layers"] == [1] and record["epsilon"] == 0.5
     assert record["behaviour_loss_after_pgd"] < record["behaviour_loss_before_pgd"]
     assert len(record["hhh_loss_under_attack"]) == 4 and record["train_tokens"] > 0
-    assert record["radii"][0] == pytest.approx(0.25 * record["residual_norms"][0], rel=1e-3)
+    assert record["radii"][0] == pytest.approx(0.5 * record["residual_norms"][0], rel=1e-3)
