@@ -35,6 +35,7 @@ def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "safety.reward_model.batch_size=4", "safety.reward_model.max_length=96",
         "safety.saturating_sft.epochs=20", "safety.saturating_sft.eval_every=1",
         "safety.saturating_sft.patience=1", "safety.saturating_sft.min_improvement=1000",
+        "checks.clean_reward=true",
     )
     run_all(config, "pytest")
     return out / "tiny"
@@ -47,3 +48,18 @@ def test_training_stops_once_the_clean_reward_stops_improving(run: Path) -> None
     assert [step for step, _ in record["clean_rewards"]] == [0, 1]
     assert (run / "plots" / "dose_response.png").is_file()
     assert "Dose-response" in (run / "report.html").read_text("utf-8")
+
+
+def test_the_clean_reward_check_scores_every_checkpoint_as_training_did(run: Path) -> None:
+    """The check generates each saved model's clean answers afresh and scores them with the
+    run's preference model; on the trained checkpoint it must agree with the reward training
+    recorded for its last step (the same prompts, settings and weights)."""
+    results = read_json(run / "results.json")
+    rewards = {}
+    for checkpoint in ("base", "backdoored", "saturating_sft"):
+        section = read_json(run / "checks" / f"{checkpoint}.json")["clean_reward"]
+        assert section["n"] > 0
+        rewards[checkpoint] = section["mean_reward"]
+    assert rewards["base"] != rewards["backdoored"]  # other weights, other answers, other rewards
+    last = results["training"]["saturating_sft"]["clean_rewards"][-1][1]
+    assert rewards["saturating_sft"] == pytest.approx(last, abs=0.05)

