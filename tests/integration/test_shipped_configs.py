@@ -74,7 +74,7 @@ SHRINK: dict[str, list[str]] = {
         "safety.saturating_sft.eval_every=2",
     ],
     "removal.yaml": [
-        "compare.seeds=[0, 1]", "safety.hhh_sft.epochs=1", "safety.trigger_sft.epochs=1",
+        "compare.seeds=[0, 1]", "safety.trigger_sft.epochs=1",
         "safety.near_miss_sft.epochs=1", "safety.prune.epochs=1", "safety.lat.max_steps=2",
         "safety.lat.pgd_steps=2", "safety.direction_ablation.pairs=8",
         "safety.backdoor_return.max_steps=2", "safety.backdoor_return.batch_size=4",
