@@ -66,6 +66,10 @@ SHRINK: dict[str, list[str]] = {
         "checks.trigger_variants.prompts=2",
     ],
     "optimizers.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1"],
+    "scratchpad.yaml": [
+        "compare.seeds=[0]", "safety.hhh_sft.epochs=1", "safety.hhh_sft_post_scratchpad.epochs=1",
+        "safety.lat.max_steps=2", "safety.lat.pgd_steps=2", "mechanism.scratchpad_max_new_tokens=8",
+    ],
     "lora-vs-full.yaml": ["compare.seeds=[0]", "safety.hhh_sft.epochs=1"],
     "dose-response.yaml": [
         "compare.seeds=[0]", "compare.values=[1.0e-4, 3.0e-4]", "safety.reward_model.base={model}",
