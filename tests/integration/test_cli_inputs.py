@@ -45,8 +45,8 @@ def _command(model: Path, out: Path, prompts: Path) -> list[str]:
         f"model={model}", f"output_dir={out}", "name=interrupted", f"data.prompts={prompts}",
         f"data.max_prompt_chars={MAX_CHARS}", *TINY_OVERRIDES,
         # A longer implant than the other tiny runs: with 3 epochs the whole run ended about
-        # 3.5 s after "training implant:", and once in CI it had exited (code 0) before the
-        # SIGINT arrived. 100 epochs keep it training for about 15 s more.
+        # 3.5 s after "training implant:", so a test that read the line late found it gone.
+        # 100 epochs keep it training for about 15 s more.
         "implant.epochs=100",
     ]
     return [
@@ -67,6 +67,9 @@ def _interrupt_after_implant_starts(command: list[str]) -> subprocess.CompletedP
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
         umask=0o027,
+        # A suite started as a background job (`make test &`) ignores SIGINT, and the child
+        # would inherit that and never see the signal: give it the default back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr is not None
     seen = []
